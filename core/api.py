@@ -1,0 +1,171 @@
+"""Programmatic mix-and-match: resolve a pair, sample with any guidance, get latents and images back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import guidance as G
+from .adapters import Plan, plan_pair
+from .engine import Route, Sampler, StepInfo
+from .errors import IncompatiblePair, PriorswapError
+from .family import resolve_ref
+from .loading import Loaded, load, resolve
+from .plugin_manager import Plugins, get_plugins
+from .registry import Registry
+from .task import Task, TaskInputs
+
+SCHEDULERS = ("ddim", "euler", "native")
+
+
+def make_scheduler(kind: str, config: dict) -> Any:
+    """A diffusers scheduler from the model's training-scheduler config: DDIM (the paper's), Euler or native."""
+    import diffusers
+
+    if kind == "ddim":
+        return diffusers.DDIMScheduler.from_config(config)
+    if kind == "euler":
+        return diffusers.EulerDiscreteScheduler.from_config(config)
+    if kind == "native":
+        return getattr(diffusers, config["_class_name"]).from_config(config)
+    raise PriorswapError(f"unknown scheduler '{kind}'; choose one of {', '.join(SCHEDULERS)}")
+
+
+@dataclass
+class SampleResult:
+    """Final latents (model space), decoded images in [0, 1] when a decoder exists, and run facts."""
+
+    latents: torch.Tensor
+    images: torch.Tensor | None
+    guidance: G.Guidance
+    seed: int
+    steps: int
+    forward_calls: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Pair:
+    """A fine-tuned model, an optional prior, the adapters between them and the model's task."""
+
+    model: Loaded
+    prior: Loaded | None
+    plan: Plan | None
+    task: Task
+    match: str = "continuous"
+
+    @property
+    def routes(self) -> dict[str, Route]:
+        routes = {"model": Route(self.model.denoiser)}
+        if self.prior is not None:
+            if self.prior.denoiser is self.model.denoiser:
+                routes["prior"] = routes["model"]  # same network: its branches share one forward
+            else:
+                same = self.model.denoiser.schedule.same_as(self.prior.denoiser.schedule)
+                adapters = tuple(self.plan.adapters) if self.plan else ()
+                routes["prior"] = Route(self.prior.denoiser, adapters, "same" if same else self.match)
+        return routes
+
+    def guidance_for(
+        self, method: str | None, scale: float | None, image_scale: float | None = None
+    ) -> G.Guidance:
+        """A guidance rule by name with the registry's recommended scales filling the gaps."""
+        rec = self.model.resolved.entry.recommended
+        dual = "partial" in self.task.levels
+        if method is None:
+            method = ("dual-prior-swap" if dual else "prior-swap") if self.prior else ("dual-cfg" if dual else "cfg")
+        if dual != (method in G.DUAL_METHODS):
+            kind = "two conditions (dual guidance)" if dual else "one condition"
+            raise PriorswapError(f"guidance '{method}' does not fit the task '{self.task.name}', which has {kind}")
+        if method in G.PRIOR_METHODS and self.prior is None:
+            raise PriorswapError(f"guidance '{method}' needs a prior: pass --prior")
+        scale = rec.guidance if scale is None else scale
+        image_scale = (rec.image_guidance or 1.0) if image_scale is None else image_scale
+        return G.build(method, scale, image_scale)
+
+    def inputs(self, inputs: TaskInputs | dict | None = None, **kwargs: Any) -> TaskInputs:
+        if isinstance(inputs, TaskInputs):
+            return inputs
+        return self.task.Inputs.model_validate({**(inputs or {}), **kwargs})
+
+    def sample(
+        self,
+        inputs: TaskInputs | dict | None = None,
+        *,
+        guidance: G.Guidance | str | None = None,
+        scale: float | None = None,
+        image_scale: float | None = None,
+        steps: int | None = None,
+        seed: int = 0,
+        scheduler: str | None = None,
+        callback: Callable[[StepInfo], None] | None = None,
+        decode: bool = True,
+        **task_inputs: Any,
+    ) -> SampleResult:
+        """Samples the model's task. `guidance` is a Guidance or a method name (cfg, prior-swap,
+        autoguidance, dual-cfg, dual-prior-swap); task inputs come as a TaskInputs, a dict or keywords."""
+        rec = self.model.resolved.entry.recommended
+        rule = guidance if isinstance(guidance, G.Guidance) else self.guidance_for(guidance, scale, image_scale)
+        args = self.inputs(inputs, **task_inputs)
+        steps = steps or rec.steps
+        model = self.model.denoiser
+        conditions = {("model", lvl): c for lvl, c in self.task.conditions(args, model).items()}
+        if self.prior is not None:
+            prior = self.prior.denoiser
+            conditions[("prior", "null")] = prior.null_condition()
+            if any(t.role == "prior" and t.level != "null" for t in rule.terms):
+                conditions.update(
+                    {("prior", lvl): c for lvl, c in self.task.conditions(args, prior).items() if lvl != "null"}
+                )
+        sched = make_scheduler(scheduler or rec.scheduler, model.scheduler_config)
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        from diffusers.utils.torch_utils import randn_tensor
+
+        noise = randn_tensor(self.task.latent_shape(args), generator=generator, dtype=model.dtype)
+        sampler = Sampler(self.routes, conditions, rule, sched)
+        latents = sampler.run(noise.to(model.device), steps, callback)
+        images = self.task.decode(latents) if decode else None
+        return SampleResult(latents, images, rule, seed, steps, dict(sampler.forward_calls))
+
+
+def load_pair(
+    model: str,
+    prior: str | None = None,
+    *,
+    registry_files: list[str] | tuple[str, ...] = (),
+    offline: bool | None = None,
+    allow_pickle: bool = False,
+    dtype: torch.dtype | None = None,
+    device: str = "cpu",
+    match: str = "continuous",
+    plugins: Plugins | None = None,
+) -> Pair:
+    """Loads a fine-tuned model and (optionally) a prior, by registry id or local folder.
+
+    Raises IncompatiblePair naming the missing adapter when the registry cannot bridge them.
+    """
+    plugins = plugins or get_plugins()
+    registry = Registry.load(registry_files, plugins.registry_files)
+    options = {"offline": offline, "allow_pickle": allow_pickle, "dtype": dtype, "device": device}
+    model_res = resolve(model, registry, plugins)
+    prior_res = resolve(prior, registry, plugins) if prior is not None else None
+    plan = None
+    if prior_res is not None:
+        plan = plan_pair(model_res.spec(), prior_res.spec(), plugins.bridges, match)
+        if not plan.ok:
+            raise IncompatiblePair(f"'{model}' cannot use '{prior}' as its prior: {plan.reason}")
+    loaded_model = load(model_res, "model", plugins, **options)
+    loaded_prior = None
+    if prior_res is not None:
+        same = prior_res.id == model_res.id
+        loaded_prior = loaded_model if same else load(prior_res, "prior", plugins, **options)
+    entry = model_res.entry
+    family = plugins.family(entry.plugin)
+    task_name = entry.task or family.default_task
+    if task_name is None or task_name not in plugins.tasks:
+        raise PriorswapError(f"no task '{task_name}' is registered for '{model}' (tasks: {', '.join(plugins.tasks)})")
+    task_cls = resolve_ref(plugins.tasks[task_name])
+    task = task_cls(loaded_model.denoiser, loaded_model.folder)
+    return Pair(loaded_model, loaded_prior, plan, task, match)

@@ -1,0 +1,237 @@
+"""The `priorswap` command line (typer + rich). Heavy libraries are imported only inside commands."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import PriorswapError
+
+app = typer.Typer(
+    help="Borrow the unconditional half of classifier-free guidance from a stronger prior.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+RegistryOpt = Annotated[
+    list[str] | None,
+    typer.Option("--registry", help="Extra registry YAML file(s) on top of the shipped one (repeatable)."),
+]
+
+
+def _registry(extra: list[str] | None):
+    from .plugin_manager import get_plugins
+    from .registry import Registry
+
+    plugins = get_plugins()
+    return Registry.load(extra or [], plugins.registry_files), plugins
+
+
+@app.command("list")
+def list_(registry: RegistryOpt = None) -> None:
+    """List models, priors and latent spaces in the registry."""
+    reg, _ = _registry(registry)
+    for role, title in (("model", "Fine-tuned models"), ("prior", "Priors")):
+        table = Table(title=title, title_justify="left")
+        for col in ("id", "plugin", "latent space", "schedule", "param.", "res.", "source"):
+            table.add_column(col, overflow="fold")
+        for key, e in reg.with_role(role).items():
+            space = e.latent_space if isinstance(e.latent_space, str) else "inline"
+            table.add_row(
+                key, e.plugin, space, e.schedule.key(), e.parameterization, str(e.resolution), e.source.describe()
+            )
+        console.print(table)
+    table = Table(title="Latent spaces", title_justify="left")
+    for col in ("name", "channels", "scale", "shift", "downsample", "family"):
+        table.add_column(col)
+    for key, s in reg.latent_spaces.items():
+        table.add_row(key, str(s.channels), f"{s.scale:g}", f"{s.shift:g}", str(s.downsample), s.family)
+    console.print(table)
+
+
+@app.command()
+def pairs(
+    model: Annotated[str, typer.Argument(help="Registry id or local diffusers folder of the fine-tuned model.")],
+    prior: Annotated[str | None, typer.Option(help="Check one prior (id or folder) instead of all.")] = None,
+    match: Annotated[str, typer.Option(help="σ-matching: continuous or nearest.")] = "continuous",
+    registry: RegistryOpt = None,
+) -> None:
+    """Show which priors pair with MODEL and the adapters that would be inserted."""
+    from .adapters import plan_pair
+    from .loading import compatible_priors, resolve
+
+    reg, plugins = _registry(registry)
+    if prior is not None:
+        plans = [plan_pair(resolve(model, reg, plugins).spec(), resolve(prior, reg, plugins).spec(),
+                           plugins.bridges, match)]
+    else:
+        plans = compatible_priors(model, reg, plugins, match)
+    table = Table(title=f"Priors for {model}", title_justify="left", show_lines=True)
+    table.add_column("prior")
+    table.add_column("pairs")
+    table.add_column("adapters inserted / reason")
+    for plan in plans:
+        if plan.ok:
+            table.add_row(plan.prior, "[green]yes[/]", "\n".join(plan.lines()) or "none (same space and schedule)")
+        else:
+            table.add_row(plan.prior, "[red]no[/]", plan.reason or "")
+    console.print(table)
+
+
+def _parse_task_options(args: list[str]) -> dict[str, Any]:
+    """`--class-label 1 --class-label 2 --flag` → {"class_label": ["1", "2"], "flag": True}."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise PriorswapError(f"unexpected argument '{arg}'")
+        name, eq, value = arg[2:].partition("=")
+        key = name.replace("-", "_")
+        if not eq:
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value = args[i + 1]
+                i += 1
+            else:
+                value = "true"
+        out.setdefault(key, []).append(value)
+        i += 1
+    return out
+
+
+def _task_inputs(task: Any, raw: dict[str, list[str]]) -> Any:
+    from pydantic import ValidationError
+
+    fields = task.Inputs.model_fields
+    unknown = [k for k in raw if k not in fields]
+    options = ", ".join("--" + f.replace("_", "-") for f in fields)
+    if unknown:
+        raise PriorswapError(
+            f"unknown option(s) {', '.join('--' + k.replace('_', '-') for k in unknown)} for task "
+            f"'{task.name}'; its options are: {options}"
+        )
+    values: dict[str, Any] = {}
+    for key, vals in raw.items():
+        annotation = str(fields[key].annotation)
+        values[key] = vals if annotation.startswith("list") else vals[-1]
+    try:
+        return task.Inputs.model_validate(values)
+    except ValidationError as e:
+        problems = "; ".join(f"--{'.'.join(map(str, x['loc'])).replace('_', '-')}: {x['msg']}" for x in e.errors())
+        raise PriorswapError(f"bad input for task '{task.name}': {problems} (options: {options})") from None
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def sample(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option(help="Fine-tuned model: registry id or local diffusers folder.")],
+    prior: Annotated[str | None, typer.Option(help="Prior: registry id or local folder (omit for plain CFG).")] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(help="cfg, prior-swap, autoguidance, dual-cfg, dual-prior-swap (default: swap if --prior)."),
+    ] = None,
+    guidance: Annotated[float | None, typer.Option(help="Guidance scale γ (text scale for dual).")] = None,
+    image_guidance: Annotated[float | None, typer.Option(help="Image scale γ_I for dual guidance.")] = None,
+    rescale: Annotated[float, typer.Option(help="Guidance rescale φ (Lin et al.), 0 = off.")] = 0.0,
+    interval: Annotated[str | None, typer.Option(help="Apply guidance only for σ in LO,HI.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Sampling steps (default: the registry's).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    scheduler: Annotated[str | None, typer.Option(help="ddim (default), euler or native.")] = None,
+    match: Annotated[str, typer.Option(help="σ-matching for priors on another schedule: continuous or nearest.")]
+    = "continuous",
+    out: Annotated[Path | None, typer.Option(help="PNG file for the decoded images (a grid if several).")] = None,
+    save_latents: Annotated[
+        Path | None, typer.Option(help="Write the final latent (one tensor, 'latents') to this .safetensors.")
+    ] = None,
+    offline: Annotated[bool, typer.Option(help="Never contact the hub; use cached weights only.")] = False,
+    allow_pickle: Annotated[
+        bool, typer.Option(help="Allow pickled .bin weights (loaded with torch.load(weights_only=True)).")
+    ] = False,
+    registry: RegistryOpt = None,
+) -> None:
+    """Sample a fine-tuned model with guidance from a prior. Task inputs follow as options,
+    e.g. `--class-label 207` for class-conditional models."""
+    raw = _parse_task_options(list(ctx.args))
+    for path, suffix in ((out, ".png"), (save_latents, ".safetensors")):
+        if path is not None and path.suffix.lower() != suffix:
+            raise PriorswapError(f"{path} should end in {suffix}")
+    lo_hi = None
+    if interval:
+        try:
+            lo, hi = (float(v) for v in interval.split(","))
+        except ValueError:
+            raise PriorswapError(f"--interval takes LO,HI (two numbers), got '{interval}'") from None
+        lo_hi = (lo, hi)
+
+    from .api import load_pair
+
+    with err.status(f"loading {model}" + (f" and {prior}" if prior else "")):
+        pair = load_pair(
+            model, prior, registry_files=registry or [], offline=offline or None, allow_pickle=allow_pickle,
+            match=match,
+        )
+    inputs = _task_inputs(pair.task, raw)
+    rule = pair.guidance_for(method, guidance, image_guidance).with_options(rescale=rescale, interval=lo_hi)
+    if pair.plan is not None and pair.plan.lines():
+        err.print(f"[dim]adapters: {'; '.join(pair.plan.lines())}[/]")
+    from .media import progress_callback
+
+    n_steps = steps or pair.model.resolved.entry.recommended.steps
+    with progress_callback(n_steps, f"{rule.name} γ={rule.terms[0].weight:g}", err) as callback:
+        result = pair.sample(inputs, guidance=rule, steps=n_steps, seed=seed, scheduler=scheduler,
+                             callback=callback, decode=out is not None)
+    if save_latents is not None:
+        from .media import write_atomic_safetensors
+
+        write_atomic_safetensors(save_latents, {"latents": result.latents})
+        err.print(f"latents → {save_latents}")
+    if out is not None:
+        if result.images is None:
+            raise PriorswapError(f"'{model}' has no decoder (vae/ folder); use --save-latents instead")
+        from .media import save_grid
+
+        save_grid(result.images, out)
+        err.print(f"images → {out}")
+
+
+@app.command()
+def doctor(registry: RegistryOpt = None) -> None:
+    """Check the environment, plugins, registry and cache."""
+    from .doctor import report
+
+    ok = report(console, registry or [])
+    raise typer.Exit(0 if ok else 1)
+
+
+def main() -> None:
+    """Entry point: user errors print a one-line message and exit with code 2."""
+    try:
+        code = app(standalone_mode=False)
+    except PriorswapError as e:
+        err.print(f"[red]error:[/] {e}")
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(1)
+    except Exception as e:
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(2)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The one interface every model family implements: a σ-space denoiser D(x; σ, cond) → x̂0."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Literal
+
+import torch
+
+from .conditions import Condition
+from .latents import LatentSpace
+from .parameterization import coefficients, convert_frame, frame_of, to_x0
+from .schedules import Schedule, TimestepMatch
+
+Modality = Literal["image", "video"]
+
+
+class Denoiser(ABC):
+    """Wraps one network. Subclasses set the attributes and implement `forward` and `null_condition`.
+
+    Attributes: `latent_space`, `schedule`, `parameterization` (epsilon, v_prediction, sample,
+    flow), `modality` (image/video), `resolution` (native pixel size), `learned_sigma` (extra
+    variance channels to drop), `fixed_size` (the network only runs at its native latent size).
+    """
+
+    latent_space: LatentSpace
+    schedule: Schedule
+    parameterization: str = "epsilon"
+    modality: Modality = "image"
+    resolution: int = 256
+    learned_sigma: bool = False
+    fixed_size: bool = False
+    scheduler_config: dict = {}  # noqa: RUF012  (the training scheduler's diffusers config)
+    dtype: torch.dtype = torch.float32
+    device: torch.device = torch.device("cpu")
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """Raw network output for input `x` in the network's own frame at timesteps `t` (B,)."""
+
+    @abstractmethod
+    def null_condition(self) -> Condition:
+        """The condition the network was trained with for 'no condition' (batch 1, cached)."""
+
+    @property
+    def frame(self) -> str:
+        return frame_of(self.parameterization)
+
+    @property
+    def latent_size(self) -> int:
+        return self.resolution // self.latent_space.downsample
+
+    def denoise(
+        self,
+        x_vp: torch.Tensor,
+        sigma: float,
+        cond: Condition,
+        t: torch.Tensor | float | None = None,
+        match: TimestepMatch = "continuous",
+    ) -> torch.Tensor:
+        """x̂0 from a noisy sample in the VP frame at σ (the engine's entry point).
+
+        `t` overrides the timestep (the model's own scheduler grid); otherwise it is matched
+        from σ on this denoiser's schedule.
+        """
+        if math.isinf(sigma) and self.parameterization == "epsilon":
+            sigma_coeff = self.schedule.sigma_max_finite  # x̂0 from ε is undefined at σ = ∞
+        else:
+            sigma_coeff = sigma
+        x = convert_frame(x_vp, sigma, "vp", self.frame).to(self.dtype)
+        if t is None:
+            t = self.schedule.sigma_to_t(sigma, match)
+        if not torch.is_tensor(t):
+            t = torch.tensor(float(t), dtype=torch.float32)
+        t = t.to(self.device).reshape(-1).expand(x.shape[0])
+        out = self.forward(x, t, cond)
+        if self.learned_sigma:
+            out = out[:, : self.latent_space.channels]
+        a, b = coefficients(self.frame, sigma_coeff)
+        return to_x0(self.parameterization, out.to(x_vp.dtype), x.to(x_vp.dtype), a, b)
+
+    def predict(self, x: torch.Tensor, sigma: float, cond: Condition) -> torch.Tensor:
+        """x̂0 for x = x0 + σ·n (the variance-exploding form of k-diffusion and EDM)."""
+        return self.denoise(convert_frame(x, sigma, "ve", "vp"), sigma, cond)

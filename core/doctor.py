@@ -1,0 +1,73 @@
+"""`priorswap doctor`: environment, plugins (with failures), registry validity and caches."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import platform
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import PriorswapError
+
+PACKAGES = ("torch", "diffusers", "transformers", "huggingface_hub", "safetensors", "pluggy", "pydantic")
+
+
+def report(console: Console, registry_files: list[str]) -> bool:
+    """Prints the report; returns False when something is broken."""
+    from .plugin_manager import get_plugins
+    from .registry import Registry
+
+    ok = True
+    env = Table(title="Environment", title_justify="left")
+    env.add_column("item")
+    env.add_column("value")
+    env.add_row("python", platform.python_version())
+    for name in PACKAGES:
+        try:
+            env.add_row(name, md.version(name))
+        except md.PackageNotFoundError:
+            env.add_row(name, "[red]missing[/]")
+            ok = False
+    env.add_row("HF_HOME", os.environ.get("HF_HOME", "~/.cache/huggingface (default)"))
+    env.add_row("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "unset"))
+    env.add_row("PRIORSWAP_PLUGINS", os.environ.get("PRIORSWAP_PLUGINS", "unset (all plugins load)"))
+    console.print(env)
+
+    plugins = get_plugins()
+    table = Table(title="Plugins", title_justify="left")
+    table.add_column("plugin")
+    table.add_column("status")
+    table.add_column("registers")
+    for name in plugins.names():
+        what = [f"family {k}" for k, v in plugins.origin.items() if v == name and k.startswith("family:")]
+        what += [f"task {k[5:]}" for k, v in plugins.origin.items() if v == name and k.startswith("task:")]
+        failed = [f for f in plugins.failures if f.plugin == name]
+        status = "[red]failed[/]" if failed else "[green]ok[/]"
+        table.add_row(name, status, ", ".join(w.replace("family:", "") for w in what))
+    for failure in plugins.failures:
+        if failure.stage == "import":
+            table.add_row(failure.plugin, "[red]failed to import[/]", failure.error)
+        else:
+            table.add_row(failure.plugin, f"[red]failed in {failure.stage}[/]", failure.error)
+    console.print(table)
+    if plugins.failures:
+        ok = False
+
+    try:
+        reg = Registry.load(registry_files, plugins.registry_files)
+        missing = sorted({e.plugin for e in reg.models.values()} - set(plugins.families))
+        msg = f"[green]{len(reg.models)} models, {len(reg.latent_spaces)} latent spaces[/]"
+        if missing:
+            msg += f"; [yellow]entries need plugins that are not loaded: {', '.join(missing)}[/]"
+        console.print(f"Registry: {msg}")
+    except PriorswapError as e:
+        console.print(f"[red]Registry: {e}[/]")
+        ok = False
+
+    from .nullcache import cache_dir
+
+    console.print(f"Null-condition cache: {cache_dir()}")
+    console.print("[green]all good[/]" if ok else "[red]problems found (see above)[/]")
+    return ok

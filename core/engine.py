@@ -1,0 +1,119 @@
+"""The sampling loop: route each guidance branch to its denoiser, batch branches per denoiser,
+combine x̂0 predictions and step a diffusers scheduler."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from .adapters import Adapter
+from .conditions import Condition, concat, expand
+from .denoiser import Denoiser
+from .guidance import Branch, Guidance, Role
+from .parameterization import coefficients, convert_frame, from_x0
+from .schedules import TimestepMatch
+
+
+@dataclass
+class Route:
+    """A denoiser plus the adapters that put it in the model's space.
+
+    `match` is how the model's σ becomes this denoiser's timestep: "same" passes the scheduler's
+    own timestep (identical schedules), else "continuous" or "nearest" σ-matching.
+    """
+
+    denoiser: Denoiser
+    adapters: tuple[Adapter, ...] = ()
+    match: str = "same"
+
+    def predict(self, x_vp: torch.Tensor, sigma: float, t: torch.Tensor, cond: Condition) -> torch.Tensor:
+        def call(x: torch.Tensor, s: float, c: Condition) -> torch.Tensor:
+            c = expand(c, x.shape[0])
+            if self.match == "same":
+                return self.denoiser.denoise(x, s, c, t=t)
+            match: TimestepMatch = "nearest" if self.match == "nearest" else "continuous"
+            return self.denoiser.denoise(x, s, c, match=match)
+
+        inner = call
+        for adapter in reversed(self.adapters):
+            inner = functools.partial(adapter, inner=inner)
+        return inner(x_vp, sigma, cond)
+
+
+@dataclass
+class StepInfo:
+    """What a callback sees after each step."""
+
+    index: int
+    total: int
+    timestep: float
+    sigma: float
+    latents: torch.Tensor
+    x0: torch.Tensor
+
+
+@dataclass
+class Sampler:
+    """Runs a guidance rule over routes with a diffusers scheduler.
+
+    `conditions` maps each branch (role, level) to its condition; `routes` maps each role to a
+    Route. The model's scheduler defines the timesteps, σ and the state's frame.
+    """
+
+    routes: Mapping[Role, Route]
+    conditions: Mapping[Branch, Condition]
+    guidance: Guidance
+    scheduler: object
+    forward_calls: dict[str, int] = field(default_factory=dict)
+    """Forward passes per route, keyed by the roles it served ("model", "prior", "model+prior")."""
+
+    def _model_sigma(self, t: torch.Tensor) -> float:
+        return self.routes["model"].denoiser.schedule.t_to_sigma(float(t))
+
+    def step_x0(self, x_in: torch.Tensor, sigma: float, t: torch.Tensor) -> torch.Tensor:
+        """Guided x̂0 for the model-frame input `x_in` at σ; one forward per distinct route."""
+        model = self.routes["model"].denoiser
+        x_vp = convert_frame(x_in, sigma, model.frame, "vp")
+        terms = self.guidance.terms_at(sigma)
+        groups: dict[int, tuple[Route, list[Branch]]] = {}
+        for term in terms:
+            route = self.routes.get(term.role)
+            if route is None:
+                raise ValueError(f"guidance {self.guidance.name!r} needs a {term.role} but none was given")
+            groups.setdefault(id(route), (route, []))[1].append(term.branch)
+        preds: dict[Branch, torch.Tensor] = {}
+        for route, branches in groups.values():
+            batch = x_vp.shape[0]
+            conds = [expand(self.conditions[b], batch) for b in branches]
+            x0 = route.predict(x_vp.repeat(len(branches), *[1] * (x_vp.ndim - 1)), sigma, t, concat(conds))
+            label = "+".join(sorted({role for role, _ in branches}))
+            self.forward_calls[label] = self.forward_calls.get(label, 0) + 1
+            preds.update(zip(branches, x0.chunk(len(branches)), strict=True))
+        return self.guidance.combine(preds, sigma)
+
+    @torch.no_grad()
+    def run(
+        self,
+        noise: torch.Tensor,
+        steps: int,
+        callback: Callable[[StepInfo], None] | None = None,
+    ) -> torch.Tensor:
+        """Samples from `noise` (unit variance) in `steps` scheduler steps; returns the final latent."""
+        sched = self.scheduler
+        model = self.routes["model"].denoiser
+        sched.set_timesteps(steps, device=noise.device)
+        x = noise * sched.init_noise_sigma
+        prediction_type = getattr(sched.config, "prediction_type", None) or "flow"
+        for i, t in enumerate(sched.timesteps):
+            x_in = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
+            sigma = self._model_sigma(t)
+            x0 = self.step_x0(x_in, sigma, t)
+            a, b = coefficients(model.frame, sigma)
+            out = from_x0(prediction_type, x0, x_in, a, b)
+            x = sched.step(out, t, x).prev_sample
+            if callback is not None:
+                callback(StepInfo(i, len(sched.timesteps), float(t), sigma, x, x0))
+        return x

@@ -1,0 +1,21 @@
+"""Errors a user can act on. The CLI prints them without a traceback and exits with code 2."""
+
+
+class PriorswapError(Exception):
+    """Base class: bad input or a state the user can fix; the message says what to do."""
+
+
+class RegistryError(PriorswapError):
+    """A registry file is malformed, or an id is not in it."""
+
+
+class IncompatiblePair(PriorswapError):
+    """The model and the prior cannot be bridged by any known adapter."""
+
+
+class WeightsUnavailable(PriorswapError):
+    """Weights are not cached (offline) or only pickled weights exist without an opt-in."""
+
+
+class PluginError(PriorswapError):
+    """A plugin is missing, or failed to import or register."""

@@ -1,0 +1,49 @@
+"""What a plugin registers for a model family: how to load its denoiser and recognise its folders."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .latents import LatentSpace
+    from .registry import ModelEntry
+
+
+def resolve_ref(ref: Any) -> Any:
+    """A callable, or a lazy "package.module:attr" string imported on first use."""
+    if isinstance(ref, str):
+        module, _, attr = ref.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    return ref
+
+
+@dataclass
+class LoadRequest:
+    """Everything a family's loader gets: the folder, the entry, the role and the user's options."""
+
+    folder: Path
+    entry: ModelEntry
+    role: str
+    latent_space: LatentSpace
+    allow_pickle: bool = False
+    dtype: Any = None
+    device: str = "cpu"
+
+
+@dataclass
+class Family:
+    """A model family. `load` builds a Denoiser from a LoadRequest; `describe` turns a local folder
+    into registry-entry fields; `pipeline_classes` are the diffusers `model_index.json` class names
+    that identify the family's folders. Callables may be lazy "module:attr" strings, so that
+    registering a plugin imports neither torch nor diffusers."""
+
+    name: str
+    load: Callable[[LoadRequest], Any] | str
+    describe: Callable[[Path], dict] | str | None = None
+    pipeline_classes: tuple[str, ...] = ()
+    default_task: str | None = None
+    folders: dict[str, list[str]] = field(default_factory=dict)

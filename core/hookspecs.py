@@ -1,0 +1,31 @@
+"""The plugin hooks. Each takes a `register` callback that the plugin calls as often as it likes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("priorswap")
+hookimpl = pluggy.HookimplMarker("priorswap")
+
+
+@hookspec
+def register_denoisers(register: Callable[[Any], None]) -> None:
+    """Register model families: register(Family(...)) — how to load a denoiser and recognise a folder."""
+
+
+@hookspec
+def register_tasks(register: Callable[..., None]) -> None:
+    """Register tasks: register(name, TaskClass or "module:Class")."""
+
+
+@hookspec
+def register_adapters(register: Callable[[Any], None]) -> None:
+    """Register latent-space bridges: register(factory), factory(model_space, prior_space) → Adapter | None."""
+
+
+@hookspec
+def register_registry_files(register: Callable[[Any], None]) -> None:
+    """Register registry YAML files that ship with the plugin: register(path)."""

@@ -1,0 +1,121 @@
+"""Fetching weights with huggingface_hub and loading diffusers components safely.
+
+Only the sub-folders a role needs are downloaded; revisions are pinned commits; safetensors are
+preferred and pickles load only with an explicit opt-in, through torch.load(weights_only=True).
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import WeightsUnavailable
+from .registry import Source
+
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
+SKIP_VARIANTS = ["*.fp16.*", "*.non_ema.*", "*.ema.*", "*.onnx", "*.msgpack", "*.h5", "*.ot"]
+
+
+def patterns(folders: list[str] | None, allow_pickle: bool) -> list[str] | None:
+    """allow_patterns for snapshot_download: configs, tokenizer files and safetensors of `folders`."""
+    if not folders:
+        return None
+    exts = ["json", "txt", "model", "safetensors"] + (["bin"] if allow_pickle else [])
+    return ["model_index.json"] + [f"{f}/*.{e}" for f in folders for e in exts]
+
+
+def is_offline(offline: bool | None) -> bool:
+    if offline is not None:
+        return offline
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def fetch(
+    source: Source,
+    folders: list[str] | None = None,
+    *,
+    offline: bool | None = None,
+    allow_pickle: bool = False,
+    cache_dir: str | None = None,
+) -> Path:
+    """A local folder with the requested sub-folders of `source` (downloaded or from the cache)."""
+    if source.path is not None:
+        if source.package is not None:
+            folder = Path(str(resources.files(source.package) / source.path))
+        else:
+            folder = Path(source.path)
+        if not folder.is_dir():
+            raise WeightsUnavailable(f"model folder {folder} does not exist")
+        return folder
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    local_only = is_offline(offline)
+    try:
+        path = snapshot_download(
+            source.repo,
+            revision=source.revision,
+            allow_patterns=patterns(folders, allow_pickle),
+            ignore_patterns=SKIP_VARIANTS,
+            local_files_only=local_only,
+            cache_dir=cache_dir,
+        )
+    except (LocalEntryNotFoundError, FileNotFoundError) as e:
+        how = "offline mode is on" if local_only else "the hub could not be reached"
+        raise WeightsUnavailable(
+            f"weights for {source.repo}@{source.revision} are not in the Hugging Face cache and {how}. "
+            f"On a machine with internet run: hf download {source.repo} --revision {source.revision}"
+            + (f" --include {' '.join(f + '/*' for f in folders)}" if folders else "")
+            + " (then copy the cache, see HF_HOME), or unset HF_HUB_OFFLINE."
+        ) from e
+    except GatedRepoError as e:
+        raise WeightsUnavailable(
+            f"{source.repo} is gated: accept its licence on the hub and log in (`hf auth login`)."
+        ) from e
+    except RevisionNotFoundError as e:
+        raise WeightsUnavailable(f"{source.repo} has no revision {source.revision}") from e
+    except RepositoryNotFoundError as e:
+        raise WeightsUnavailable(f"the hub has no repository {source.repo} (moved? see docs/registry.md)") from e
+    return Path(path)
+
+
+def load_component(
+    cls: Any,
+    folder: Path,
+    subfolder: str,
+    *,
+    allow_pickle: bool = False,
+    dtype: Any = None,
+) -> Any:
+    """Loads a diffusers/transformers component: safetensors first, pickles only when allowed."""
+    import torch
+
+    where = folder / subfolder
+    if not where.is_dir():
+        raise WeightsUnavailable(f"{folder} has no '{subfolder}' folder")
+    if any(where.glob("*.safetensors")):
+        kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+        return cls.from_pretrained(folder, subfolder=subfolder, use_safetensors=True, **kwargs)
+    pickles = sorted(p for p in where.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if not pickles:
+        raise WeightsUnavailable(f"{where} holds no weights (no .safetensors file)")
+    if not allow_pickle:
+        raise WeightsUnavailable(
+            f"{where} holds only pickled weights ({', '.join(p.name for p in pickles)}). Pickles can run "
+            "code when loaded: convert them to safetensors, or pass --allow-pickle (allow_pickle=True) "
+            "to load them with torch.load(weights_only=True)."
+        )
+    if len(pickles) > 1:
+        raise WeightsUnavailable(f"{where} holds several pickles; convert the checkpoint to safetensors")
+    model = cls.from_config(cls.load_config(folder, subfolder=subfolder))
+    state = torch.load(pickles[0], map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.to(dtype) if dtype is not None else model

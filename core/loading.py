@@ -1,0 +1,151 @@
+"""From a registry id or a local folder to a loaded denoiser, and the facts the pair planner uses."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .adapters import PairSpec, Plan, plan_pair
+from .denoiser import Denoiser
+from .errors import PriorswapError, RegistryError
+from .family import LoadRequest, resolve_ref
+from .hub import fetch
+from .latents import LatentSpace
+from .plugin_manager import Plugins
+from .registry import ModelEntry, Registry, Source
+
+
+@dataclass
+class Resolved:
+    """A model reference made concrete: its id (or folder), entry and latent space."""
+
+    id: str
+    entry: ModelEntry
+    latent_space: LatentSpace
+
+    def spec(self) -> PairSpec:
+        e = self.entry
+        return PairSpec(
+            name=self.id,
+            latent_space=self.latent_space,
+            schedule_key=e.schedule.key(),
+            parameterization=e.parameterization,
+            modality=e.modality,
+            resolution=e.resolution,
+            learned_sigma=e.learned_sigma,
+            fixed_size=e.fixed_size,
+        )
+
+
+@dataclass
+class Loaded:
+    resolved: Resolved
+    folder: Path
+    denoiser: Denoiser
+
+    @property
+    def id(self) -> str:
+        return self.resolved.id
+
+
+def read_model_index(folder: Path) -> dict:
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise PriorswapError(
+            f"{folder} is not a diffusers pipeline folder (no model_index.json); "
+            "pass a registry id (`priorswap list`) or a folder saved with save_pretrained"
+        )
+    return json.loads(index.read_text())
+
+
+def resolve(ref: str, registry: Registry, plugins: Plugins) -> Resolved:
+    """A registry id, or a local diffusers folder recognised by its model_index.json class name."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        class_name = read_model_index(path).get("_class_name", "?")
+        family = plugins.family_for_pipeline(class_name)
+        if family is None:
+            known = sorted(c for f in plugins.families.values() for c in f.pipeline_classes)
+            raise PriorswapError(
+                f"{path}: no installed plugin handles pipeline class '{class_name}' "
+                f"(handled: {', '.join(known) or 'none'})"
+            )
+        if family.describe is None:
+            raise PriorswapError(f"the '{family.name}' plugin cannot describe local folders; add a registry entry")
+        fields: dict[str, Any] = resolve_ref(family.describe)(path)
+        fields.setdefault("roles", ["model", "prior"])
+        entry = ModelEntry(plugin=family.name, source=Source(path=str(path.resolve())), **fields)
+        ref_id = str(path)
+    else:
+        entry = registry.entry(ref)
+        ref_id = ref
+    name, spec = registry.latent_space(entry)
+    space = LatentSpace(
+        name=name,
+        channels=spec.channels,
+        scale=spec.scale,
+        shift=spec.shift,
+        downsample=spec.downsample,
+        family=spec.family,
+    )
+    return Resolved(ref_id, entry, space)
+
+
+def load(
+    resolved: Resolved,
+    role: str,
+    plugins: Plugins,
+    *,
+    offline: bool | None = None,
+    allow_pickle: bool = False,
+    dtype: Any = None,
+    device: str = "cpu",
+) -> Loaded:
+    """Fetches the folders `role` needs and builds the denoiser through the family's plugin."""
+    entry = resolved.entry
+    if role not in entry.roles:
+        raise RegistryError(
+            f"'{resolved.id}' cannot be used as a {role} (its registry entry lists roles: {', '.join(entry.roles)})"
+        )
+    family = plugins.family(entry.plugin)
+    folders = entry.folders.get(role) or family.folders.get(role)
+    folder = fetch(entry.source, folders, offline=offline, allow_pickle=allow_pickle)
+    request = LoadRequest(
+        folder=folder,
+        entry=entry,
+        role=role,
+        latent_space=resolved.latent_space,
+        allow_pickle=allow_pickle,
+        dtype=dtype,
+        device=device,
+    )
+    return Loaded(resolved, folder, resolve_ref(family.load)(request))
+
+
+def compatible_priors(
+    model_ref: str, registry: Registry, plugins: Plugins, match: str = "continuous"
+) -> list[Plan]:
+    """Every prior in the registry with the adapters that would be inserted, or why it can't pair."""
+    model = resolve(model_ref, registry, plugins).spec()
+    plans = []
+    for prior_id in registry.with_role("prior"):
+        if prior_id == model_ref:
+            continue
+        prior = resolve(prior_id, registry, plugins).spec()
+        plans.append(plan_pair(model, prior, plugins.bridges, match))
+    return plans
+
+
+def schedule_fields(config: dict) -> dict[str, Any]:
+    """ScheduleSpec fields from a diffusers scheduler config."""
+    if "FlowMatch" in config.get("_class_name", ""):
+        return {"kind": "flow", "num_train_timesteps": config.get("num_train_timesteps", 1000)}
+    return {
+        "beta_schedule": config.get("beta_schedule", "linear"),
+        "beta_start": config.get("beta_start", 0.0001),
+        "beta_end": config.get("beta_end", 0.02),
+        "num_train_timesteps": config.get("num_train_timesteps", 1000),
+        "zero_terminal_snr": bool(config.get("rescale_betas_zero_snr", False)),
+    }

@@ -1,0 +1,72 @@
+"""Writing results: PNG grids, latents as safetensors (atomically), and a rich progress bar."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+
+def _atomic(path: Path, write) -> None:
+    """Writes through a temporary file in the same folder, so a failure leaves no half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_atomic_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    _atomic(path, lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp))
+
+
+def to_grid(images: torch.Tensor, columns: int | None = None, pad: int = 2) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] → one (3, H', W') grid image with `pad` white pixels between cells."""
+    b, c, h, w = images.shape
+    columns = columns or math.ceil(math.sqrt(b))
+    rows = math.ceil(b / columns)
+    grid = torch.ones(c, rows * (h + pad) + pad, columns * (w + pad) + pad)
+    for i, img in enumerate(images):
+        r, col = divmod(i, columns)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        grid[:, top : top + h, left : left + w] = img
+    return grid
+
+
+def to_pil(image: torch.Tensor):
+    from PIL import Image
+
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array)
+
+
+def save_grid(images: torch.Tensor, path: Path, columns: int | None = None) -> None:
+    """Saves one image, or a grid of several, as a PNG (atomically)."""
+    picture = images[0] if images.shape[0] == 1 else to_grid(images, columns)
+    _atomic(path, lambda tmp: to_pil(picture).save(tmp, format="PNG"))
+
+
+@contextlib.contextmanager
+def progress_callback(total: int, label: str, console) -> Iterator:
+    """A rich progress bar advanced by the engine's step callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, transient=False, disable=not console.is_terminal and os.environ.get("CI") == "true",
+    ) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda info: progress.update(task, completed=info.index + 1)

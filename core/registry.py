@@ -1,0 +1,220 @@
+"""The catalogue of models, priors and latent spaces (registry.yaml), validated with pydantic.
+
+The shipped file is merged with files from plugins and the user (`--registry`, or
+PRIORSWAP_REGISTRY with paths separated by the OS path separator); later files override ids.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import RegistryError
+
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+Role = Literal["model", "prior"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(Strict):
+    """Where weights live: a hub repo pinned to a commit, a local folder, or a folder inside a package."""
+
+    repo: str | None = None
+    revision: str | None = None
+    path: str | None = None
+    package: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Source:
+        if (self.repo is None) == (self.path is None):
+            raise ValueError("give either `repo` (with `revision`) or `path`")
+        if self.repo is not None:
+            if "/" not in self.repo:
+                raise ValueError(f"repo {self.repo!r} must look like 'owner/name'")
+            if self.revision is None or not COMMIT.match(self.revision):
+                raise ValueError(
+                    f"revision {self.revision!r} must be a full 40-character commit hash (pin the exact snapshot)"
+                )
+        if self.package is not None and self.path is None:
+            raise ValueError("`package` needs a `path` inside that package")
+        return self
+
+    def describe(self) -> str:
+        if self.repo:
+            return f"{self.repo}@{self.revision[:10]}"
+        return f"{self.package}:{self.path}" if self.package else str(self.path)
+
+
+class ScheduleSpec(Strict):
+    """A training noise schedule, enough to decide whether two models share one."""
+
+    kind: Literal["vp", "flow"] = "vp"
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    num_train_timesteps: int = 1000
+    zero_terminal_snr: bool = False
+
+    def key(self) -> str:
+        if self.kind == "flow":
+            return f"flow/{self.num_train_timesteps}"
+        if self.beta_schedule == "squaredcos_cap_v2":
+            base = f"cosine/{self.num_train_timesteps}"
+        else:
+            base = f"{self.beta_schedule}({self.beta_start:g}–{self.beta_end:g})/{self.num_train_timesteps}"
+        return base + ("+ztsnr" if self.zero_terminal_snr else "")
+
+
+class LatentSpaceSpec(Strict):
+    """Channels, scale and shift (latent = (z − shift)·scale), downsampling, and the autoencoder."""
+
+    channels: int = Field(gt=0)
+    scale: float = 1.0
+    shift: float = 0.0
+    downsample: int = Field(8, gt=0)
+    family: str = ""
+    vae: Source | None = None
+    vae_subfolder: str = "vae"
+
+
+class Recommended(Strict):
+    steps: int = Field(50, gt=0)
+    guidance: float = 1.5
+    image_guidance: float | None = None
+    scheduler: Literal["ddim", "euler", "native"] = "ddim"
+
+
+class ModelEntry(Strict):
+    """One model: which plugin loads it, from where, and the facts the pair planner needs."""
+
+    plugin: str
+    roles: list[Role] = ["model"]
+    source: Source
+    folders: dict[Role, list[str]] = {}
+    latent_space: str | LatentSpaceSpec
+    schedule: ScheduleSpec = ScheduleSpec()
+    parameterization: Literal["epsilon", "v_prediction", "sample", "flow"] = "epsilon"
+    modality: Literal["image", "video"] = "image"
+    resolution: int = Field(gt=0)
+    learned_sigma: bool = False
+    fixed_size: bool = False
+    task: str | None = None
+    recommended: Recommended = Recommended()
+    license: str | None = None
+    description: str = ""
+
+
+class RegistryFile(Strict):
+    version: Literal[1] = 1
+    latent_spaces: dict[str, LatentSpaceSpec] = {}
+    models: dict[str, ModelEntry] = {}
+
+
+def _format_errors(origin: str, err: ValidationError) -> str:
+    lines = [f"{origin} is not a valid registry file:"]
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        if len(loc) >= 2 and loc[0] in ("models", "latent_spaces"):
+            where = f"entry '{loc[1]}' in {loc[0]}"
+            field = ".".join(loc[2:]) or "(the entry itself)"
+        else:
+            where, field = "top level", ".".join(loc) or "(file)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see docs/registry.md)"
+        lines.append(f"  - {where}, field '{field}': {msg}")
+    return "\n".join(lines)
+
+
+def parse_file(path: Path) -> RegistryFile:
+    """Reads and validates one registry YAML file; errors name the file, the entry and the field."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise RegistryError(f"registry file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise RegistryError(f"{path} is not valid YAML: {e}") from None
+    try:
+        parsed = RegistryFile.model_validate(data)
+    except ValidationError as e:
+        raise RegistryError(_format_errors(str(path), e)) from None
+    return _resolve_relative(parsed, path.parent)
+
+
+def _resolve_relative(reg: RegistryFile, base: Path) -> RegistryFile:
+    def fix(src: Source | None) -> Source | None:
+        if src is None or src.path is None or src.package is not None or Path(src.path).is_absolute():
+            return src
+        return src.model_copy(update={"path": str((base / src.path).resolve())})
+
+    models = {k: m.model_copy(update={"source": fix(m.source)}) for k, m in reg.models.items()}
+    spaces = {k: s.model_copy(update={"vae": fix(s.vae)}) for k, s in reg.latent_spaces.items()}
+    return reg.model_copy(update={"models": models, "latent_spaces": spaces})
+
+
+def shipped_registry_path() -> Path:
+    """The registry.yaml inside the installed package (or at the top of a source checkout)."""
+    packaged = resources.files("priorswap") / "registry.yaml"
+    if packaged.is_file():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "registry.yaml"
+
+
+def user_registry_paths(extra: list[str] | tuple[str, ...] = ()) -> list[Path]:
+    env = os.environ.get("PRIORSWAP_REGISTRY", "")
+    return [Path(p) for p in env.split(os.pathsep) if p] + [Path(p) for p in extra]
+
+
+class Registry:
+    """Merged view of several registry files."""
+
+    def __init__(self, files: list[tuple[str, RegistryFile]]) -> None:
+        self.latent_spaces: dict[str, LatentSpaceSpec] = {}
+        self.models: dict[str, ModelEntry] = {}
+        self.origin: dict[str, str] = {}
+        for origin, reg in files:
+            self.latent_spaces.update(reg.latent_spaces)
+            for key, entry in reg.models.items():
+                self.models[key] = entry
+                self.origin[key] = origin
+        for key, entry in self.models.items():
+            if isinstance(entry.latent_space, str) and entry.latent_space not in self.latent_spaces:
+                close = difflib.get_close_matches(entry.latent_space, self.latent_spaces, n=3)
+                hint = f" Did you mean {', '.join(close)}?" if close else ""
+                raise RegistryError(
+                    f"{self.origin[key]}: entry '{key}' in models, field 'latent_space': unknown latent "
+                    f"space '{entry.latent_space}' (known: {', '.join(sorted(self.latent_spaces)) or 'none'}).{hint}"
+                )
+
+    @classmethod
+    def load(cls, extra_files: list[str] | tuple[str, ...] = (), plugin_files: list[Path] = ()) -> Registry:
+        """The shipped registry, then plugin files, then PRIORSWAP_REGISTRY and `extra_files`."""
+        paths = [shipped_registry_path(), *plugin_files, *user_registry_paths(extra_files)]
+        return cls([(str(p), parse_file(p)) for p in paths])
+
+    def entry(self, model_id: str) -> ModelEntry:
+        if model_id in self.models:
+            return self.models[model_id]
+        close = difflib.get_close_matches(model_id, self.models, n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise RegistryError(
+            f"unknown model id '{model_id}'.{hint} Run `priorswap list` for all ids, or pass a local folder path."
+        )
+
+    def latent_space(self, entry: ModelEntry) -> tuple[str, LatentSpaceSpec]:
+        if isinstance(entry.latent_space, LatentSpaceSpec):
+            return "inline", entry.latent_space
+        return entry.latent_space, self.latent_spaces[entry.latent_space]
+
+    def with_role(self, role: Role) -> dict[str, ModelEntry]:
+        return {k: e for k, e in self.models.items() if role in e.roles}

@@ -1,0 +1,73 @@
+"""The DiT denoiser: a diffusers DiTTransformer2DModel with its class-label null condition."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from priorswap import Denoiser, DiscreteSchedule, LoadRequest
+from priorswap.hub import load_component
+from priorswap.vae import describe_vae
+
+
+class DiTDenoiser(Denoiser):
+    """Class-conditional DiT; the null condition is the extra class `num_embeds_ada_norm` (1000)."""
+
+    learned_sigma = True
+    fixed_size = True
+
+    def __init__(self, transformer, scheduler_config: dict, request: LoadRequest) -> None:
+        self.net = transformer.eval().requires_grad_(False)
+        cfg = transformer.config
+        self.null_class = int(cfg.num_embeds_ada_norm)
+        self.learned_sigma = cfg.out_channels == 2 * cfg.in_channels
+        self.latent_space = request.latent_space
+        self.scheduler_config = dict(scheduler_config)
+        self.schedule = DiscreteSchedule.from_scheduler_config(scheduler_config)
+        self.parameterization = scheduler_config.get("prediction_type", "epsilon")
+        self.resolution = cfg.sample_size * request.latent_space.downsample
+        self.dtype = transformer.dtype
+        self.device = transformer.device
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+        return self.net(x, timestep=t, class_labels=cond["class_labels"]).sample
+
+    def null_condition(self) -> dict:
+        return {"class_labels": torch.tensor([self.null_class], device=self.device)}
+
+
+def _transformer_class(folder: Path):
+    import diffusers
+
+    config = json.loads((folder / "transformer" / "config.json").read_text())
+    name = config.get("_class_name", "DiTTransformer2DModel")
+    return diffusers.DiTTransformer2DModel if name == "Transformer2DModel" else getattr(diffusers, name)
+
+
+def load(request: LoadRequest) -> DiTDenoiser:
+    folder = request.folder
+    transformer = load_component(
+        _transformer_class(folder), folder, "transformer", allow_pickle=request.allow_pickle, dtype=request.dtype
+    ).to(request.device)
+    scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    return DiTDenoiser(transformer, scheduler_config, request)
+
+
+def describe(folder: Path) -> dict:
+    """Registry-entry fields for a local DiTPipeline folder (e.g. a user's fine-tuned DiT)."""
+    from priorswap.loading import schedule_fields
+
+    tcfg = json.loads((folder / "transformer" / "config.json").read_text())
+    scfg = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    space = describe_vae(folder / "vae")
+    return {
+        "latent_space": space,
+        "schedule": schedule_fields(scfg),
+        "parameterization": scfg.get("prediction_type", "epsilon"),
+        "resolution": tcfg["sample_size"] * space["downsample"],
+        "learned_sigma": tcfg.get("out_channels") == 2 * tcfg.get("in_channels", 4),
+        "fixed_size": True,
+        "description": f"local DiT folder {folder.name}",
+    }

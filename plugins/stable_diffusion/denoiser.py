@@ -1,0 +1,76 @@
+"""A Stable Diffusion UNet as a σ-space denoiser with the empty-prompt null condition."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from priorswap import Denoiser, DiscreteSchedule, LoadRequest
+from priorswap.hub import load_component
+from priorswap.nullcache import cached_null
+from priorswap.vae import describe_vae
+
+
+class StableDiffusionDenoiser(Denoiser):
+    """UNet2DConditionModel; conditions are CLIP text hidden states (`encoder_hidden_states`)."""
+
+    def __init__(self, unet, null_embedding: torch.Tensor, scheduler_config: dict, request: LoadRequest) -> None:
+        self.net = unet.eval().requires_grad_(False)
+        self.null_embedding = null_embedding.to(unet.device, unet.dtype)
+        self.latent_space = request.latent_space
+        self.scheduler_config = dict(scheduler_config)
+        self.schedule = DiscreteSchedule.from_scheduler_config(scheduler_config)
+        self.parameterization = scheduler_config.get("prediction_type", "epsilon")
+        self.resolution = request.entry.resolution
+        self.dtype = unet.dtype
+        self.device = unet.device
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+        return self.net(x, t, encoder_hidden_states=cond["encoder_hidden_states"]).sample
+
+    def null_condition(self) -> dict:
+        return {"encoder_hidden_states": self.null_embedding}
+
+
+def encode_prompt(folder: Path, prompt: str = "") -> torch.Tensor:
+    """CLIP text hidden states of `prompt`, padded to the tokenizer's max length (as the pipelines do)."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    encoder = load_component(CLIPTextModel, folder, "text_encoder")
+    ids = tokenizer(
+        prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    with torch.no_grad():
+        return encoder(ids)[0]
+
+
+def load(request: LoadRequest) -> StableDiffusionDenoiser:
+    from diffusers import UNet2DConditionModel
+
+    folder = request.folder
+    unet = load_component(
+        UNet2DConditionModel, folder, "unet", allow_pickle=request.allow_pickle, dtype=request.dtype
+    ).to(request.device)
+    null = cached_null(folder, "text:", lambda: encode_prompt(folder, ""))
+    scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    return StableDiffusionDenoiser(unet, null, scheduler_config, request)
+
+
+def describe(folder: Path) -> dict:
+    """Registry-entry fields for a local StableDiffusionPipeline folder."""
+    from priorswap.loading import schedule_fields
+
+    ucfg = json.loads((folder / "unet" / "config.json").read_text())
+    scfg = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    space = describe_vae(folder / "vae")
+    return {
+        "roles": ["prior"],
+        "latent_space": space,
+        "schedule": schedule_fields(scfg),
+        "parameterization": scfg.get("prediction_type", "epsilon"),
+        "resolution": ucfg["sample_size"] * space["downsample"],
+        "description": f"local Stable Diffusion folder {folder.name}",
+    }
