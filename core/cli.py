@@ -41,7 +41,8 @@ def list_(registry: RegistryOpt = None) -> None:
     reg, _ = _registry(registry)
     for role, title in (("model", "Fine-tuned models"), ("prior", "Priors")):
         table = Table(title=title, title_justify="left")
-        for col in ("id", "plugin", "latent space", "schedule", "param.", "res.", "source"):
+        table.add_column("id", no_wrap=True)
+        for col in ("plugin", "latent space", "schedule", "param.", "res.", "source"):
             table.add_column(col, overflow="fold")
         for key, e in reg.with_role(role).items():
             space = e.latent_space if isinstance(e.latent_space, str) else "inline"

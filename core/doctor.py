@@ -48,11 +48,11 @@ def report(console: Console, registry_files: list[str]) -> bool:
         table.add_row(name, status, ", ".join(w.replace("family:", "") for w in what))
     for failure in plugins.failures:
         if failure.stage == "import":
-            table.add_row(failure.plugin, "[red]failed to import[/]", failure.error)
-        else:
-            table.add_row(failure.plugin, f"[red]failed in {failure.stage}[/]", failure.error)
+            table.add_row(failure.plugin, "[red]failed to import[/]", "nothing")
     console.print(table)
-    if plugins.failures:
+    for failure in plugins.failures:
+        stage = "import" if failure.stage == "import" else f"hook {failure.stage}"
+        console.print(f"[red]plugin {failure.plugin} failed in {stage}:[/] {failure.error}", soft_wrap=True)
         ok = False
 
     try:

@@ -1,0 +1,131 @@
+"""Hub loading offline: pinned revisions from the cache, role-specific folders, pickles only by opt-in."""
+
+import shutil
+import textwrap
+
+import huggingface_hub
+import pytest
+import torch
+
+import priorswap
+from priorswap import hub
+from priorswap.errors import WeightsUnavailable
+from priorswap.registry import Source
+from priorswap.vae import describe_vae
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def fake_cache(tmp_path, folder, repo="tiny-org/tiny-dit", commit=COMMIT):
+    """Lays out a Hugging Face cache holding `folder` as snapshot `commit` of `repo`."""
+    root = tmp_path / "hub"
+    repo_dir = root / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(folder, repo_dir / "snapshots" / commit)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    return root
+
+
+def registry_for(tmp_path, dit_folder, repo="tiny-org/tiny-dit", commit=COMMIT):
+    """A registry entry for the tiny DiT as a hub repo, with the tiny VAE's latent space inline."""
+    space = describe_vae(dit_folder / "vae")
+    path = tmp_path / "reg.yaml"
+    path.write_text(textwrap.dedent(f"""
+        version: 1
+        models:
+          tiny-dit:
+            plugin: dit
+            roles: [model, prior]
+            source: {{repo: {repo}, revision: {commit}}}
+            latent_space: {{channels: 4, scale: {space["scale"]}, downsample: 2, family: {space["family"]}}}
+            resolution: 16
+            learned_sigma: true
+            fixed_size: true
+            task: class-label
+    """))
+    return str(path)
+
+
+def test_loads_a_pinned_revision_from_the_cache_offline(tmp_path, monkeypatch, dit_folder):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(fake_cache(tmp_path, dit_folder)))
+    pair = priorswap.load_pair("tiny-dit", registry_files=[registry_for(tmp_path, dit_folder)])
+    assert COMMIT in str(pair.model.folder)
+    direct = priorswap.load_pair(str(dit_folder))
+    a = pair.sample(class_label=[1], steps=3, seed=0, decode=False).latents
+    assert torch.equal(a, direct.sample(class_label=[1], steps=3, seed=0, decode=False).latents)
+
+
+def test_missing_weights_offline_say_what_to_do(tmp_path, monkeypatch, dit_folder):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(WeightsUnavailable) as info:
+        priorswap.load_pair("tiny-dit", registry_files=[registry_for(tmp_path, dit_folder)])
+    message = str(info.value)
+    assert "tiny-org/tiny-dit" in message and COMMIT in message and "hf download" in message
+    assert "--include transformer/* scheduler/* vae/*" in message
+
+
+def test_a_prior_fetches_only_its_denoiser(monkeypatch, tmp_path, dit_folder):
+    seen = []
+    real = hub.snapshot_download if hasattr(hub, "snapshot_download") else None
+    assert real is None  # imported lazily inside fetch
+
+    def fake_snapshot(repo, revision, allow_patterns, **kwargs):
+        seen.append((repo, revision, allow_patterns, kwargs["local_files_only"]))
+        return str(dit_folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    reg = registry_for(tmp_path, dit_folder)
+    priorswap.load_pair(str(dit_folder), prior="tiny-dit", registry_files=[reg])
+    (repo, revision, patterns, offline), = seen
+    assert (repo, revision, offline) == ("tiny-org/tiny-dit", COMMIT, True)
+    assert "transformer/*.safetensors" in patterns and "scheduler/*.json" in patterns
+    assert not any(p.startswith("vae/") for p in patterns)
+    assert not any(p.endswith(".bin") for p in patterns)
+
+
+def test_patterns_include_pickles_only_on_request():
+    assert hub.patterns(["unet"], allow_pickle=False) == [
+        "model_index.json", "unet/*.json", "unet/*.txt", "unet/*.model", "unet/*.safetensors"
+    ]
+    assert "unet/*.bin" in hub.patterns(["unet"], allow_pickle=True)
+    assert hub.patterns(None, allow_pickle=False) is None
+
+
+def pickled_copy(tmp_path, dit_folder):
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(dit_folder, folder)
+    weights = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(weights), folder / "transformer" / "diffusion_pytorch_model.bin")
+    weights.unlink()
+    return folder
+
+
+def test_pickles_are_refused_without_opt_in(tmp_path, dit_folder):
+    folder = pickled_copy(tmp_path, dit_folder)
+    with pytest.raises(WeightsUnavailable, match="--allow-pickle"):
+        priorswap.load_pair(str(folder))
+
+
+def test_pickles_load_with_weights_only_when_allowed(tmp_path, dit_folder, monkeypatch):
+    folder = pickled_copy(tmp_path, dit_folder)
+    calls = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    pair = priorswap.load_pair(str(folder), allow_pickle=True)
+    assert calls == [True]
+    ref = priorswap.load_pair(str(dit_folder))
+    a = pair.sample(class_label=[4], steps=2, seed=0, decode=False).latents
+    assert torch.equal(a, ref.sample(class_label=[4], steps=2, seed=0, decode=False).latents)
+
+
+def test_local_and_package_sources(tmp_path):
+    with pytest.raises(WeightsUnavailable, match="does not exist"):
+        hub.fetch(Source(path=str(tmp_path / "nope")))
+    assert hub.fetch(Source(package="priorswap", path="..")).is_dir()

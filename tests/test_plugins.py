@@ -1,0 +1,99 @@
+"""Plugin discovery through entry points: failures are reported and the rest keeps working."""
+
+import importlib
+import sys
+import textwrap
+
+import pytest
+from clihelp import run_cli
+
+from priorswap import plugin_manager
+from priorswap.plugin_manager import Plugins
+
+BROKEN_IMPORT = "raise RuntimeError('this plugin is broken on purpose')\n"
+BROKEN_HOOK = textwrap.dedent(
+    """
+    from priorswap import hookimpl
+
+    @hookimpl
+    def register_denoisers(register):
+        raise ValueError('registration exploded')
+
+    @hookimpl
+    def register_tasks(register):
+        register('half-working', 'nowhere:Task')
+    """
+)
+
+
+def install_fake_distribution(root, name, modules):
+    """A dist-info with an entry point in the `priorswap` group, found by importlib.metadata."""
+    for module, source in modules.items():
+        (root / f"{module}.py").write_text(source)
+    info = root / f"{name}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    lines = "".join(f"{m} = {m}\n" for m in modules)
+    (info / "entry_points.txt").write_text(f"[priorswap]\n{lines}")
+
+
+@pytest.fixture
+def broken_plugins(tmp_path, monkeypatch):
+    install_fake_distribution(tmp_path, "broken-plugins", {"broken_import": BROKEN_IMPORT, "broken_hook": BROKEN_HOOK})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    monkeypatch.setattr(plugin_manager, "_CACHE", None)
+    yield
+    for name in ("broken_import", "broken_hook"):
+        sys.modules.pop(name, None)
+    plugin_manager._CACHE = None
+
+
+def test_built_in_plugins_load_through_entry_points():
+    plugins = Plugins.discover()
+    assert {"dit", "stable_diffusion"} <= set(plugins.names())
+    assert plugins.family("dit").pipeline_classes == ("DiTPipeline",)
+    assert plugins.family_for_pipeline("StableDiffusionPipeline").name == "stable_diffusion"
+    assert not plugins.failures
+
+
+def test_broken_plugins_are_reported_and_the_rest_works(broken_plugins, capsys):
+    plugins = Plugins.discover()
+    failures = {(f.plugin, f.stage) for f in plugins.failures}
+    assert failures == {("broken_import", "import"), ("broken_hook", "register_denoisers")}
+    assert "dit" in plugins.families and "half-working" in plugins.tasks
+
+    code, out, _ = run_cli(capsys, "doctor")
+    assert code == 1
+    assert "broken_import" in out and "broken on purpose" in out and "registration exploded" in out
+    code, out, _ = run_cli(capsys, "list")
+    assert code == 0 and "dit-xl-2-256" in out
+
+
+def test_env_var_restricts_plugins(broken_plugins, monkeypatch):
+    monkeypatch.setenv("PRIORSWAP_PLUGINS", "dit")
+    plugins = Plugins.discover()
+    assert plugins.names() == ["dit"] and not plugins.failures
+    monkeypatch.setenv("PRIORSWAP_PLUGINS", "")
+    assert Plugins.discover().names() == []
+
+
+def test_missing_family_names_the_broken_plugins(broken_plugins):
+    plugins = Plugins.discover()
+    with pytest.raises(plugin_manager.PluginError, match="broken_import"):
+        plugins.family("zero123")
+
+
+def test_register_and_remove_a_plugin_object():
+    from priorswap import Family, hookimpl
+
+    class Inline:
+        @hookimpl
+        def register_denoisers(self, register):
+            register(Family(name="inline", load="x:y", pipeline_classes=("InlinePipeline",)))
+
+    plugins = Plugins.discover()
+    plugins.add(Inline(), "inline")
+    assert plugins.family_for_pipeline("InlinePipeline").name == "inline"
+    plugins.remove("inline")
+    assert "inline" not in plugins.families

@@ -1,0 +1,134 @@
+"""registry.yaml validation, merging, lookups and computed compatibility."""
+
+import textwrap
+
+import pytest
+from clihelp import run_cli
+
+from priorswap.errors import RegistryError
+from priorswap.loading import compatible_priors
+from priorswap.plugin_manager import get_plugins
+from priorswap.registry import Registry, parse_file, shipped_registry_path
+
+GOOD = """
+version: 1
+latent_spaces:
+  my-space: {channels: 4, scale: 0.5, family: my-vae}
+models:
+  my-model:
+    plugin: dit
+    source: {path: ./weights}
+    latent_space: my-space
+    resolution: 64
+"""
+
+
+def write(tmp_path, text, name="reg.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_shipped_registry_is_valid():
+    reg = Registry.load()
+    assert "dit-xl-2-256" in reg.models
+    entry = reg.entry("dit-xl-2-256")
+    assert entry.source.repo == "facebook/DiT-XL-2-256" and len(entry.source.revision) == 40
+    assert shipped_registry_path().name == "registry.yaml"
+
+
+def test_relative_paths_resolve_next_to_the_file(tmp_path):
+    reg = parse_file(write(tmp_path, GOOD))
+    assert reg.models["my-model"].source.path == str((tmp_path / "weights").resolve())
+
+
+@pytest.mark.parametrize(
+    ("change", "entry", "field"),
+    [
+        (("resolution: 64", "resolution: 64\n    colour: blue"), "my-model", "colour"),
+        (("    plugin: dit\n", ""), "my-model", "plugin"),
+        (("source: {path: ./weights}", "source: {repo: org/name, revision: main}"), "my-model", "source"),
+        (("source: {path: ./weights}", "source: {repo: org/name}"), "my-model", "source"),
+        (("channels: 4", "channels: -4"), "my-space", "channels"),
+        (("resolution: 64", "resolution: 64\n    parameterization: eps"), "my-model", "parameterization"),
+    ],
+)
+def test_malformed_entries_name_the_file_entry_and_field(tmp_path, change, entry, field):
+    path = write(tmp_path, GOOD.replace(*change))
+    with pytest.raises(RegistryError) as info:
+        parse_file(path)
+    message = str(info.value)
+    assert str(path) in message and f"entry '{entry}'" in message and f"field '{field}" in message
+
+
+def test_bad_revision_says_how_to_pin(tmp_path):
+    path = write(tmp_path, GOOD.replace("source: {path: ./weights}", "source: {repo: org/name, revision: main}"))
+    with pytest.raises(RegistryError, match="40-character commit hash"):
+        parse_file(path)
+
+
+def test_unknown_latent_space_reference(tmp_path):
+    path = write(tmp_path, GOOD.replace("latent_space: my-space", "latent_space: my-spac"))
+    with pytest.raises(RegistryError, match=r"entry 'my-model'.*field 'latent_space'.*Did you mean my-space"):
+        Registry.load([str(path)])
+
+
+def test_unknown_id_suggests_close_matches():
+    with pytest.raises(RegistryError, match="Did you mean: dit-xl-2-256"):
+        Registry.load().entry("dit-xl-2-265")
+
+
+def test_user_files_override_and_env_var(tmp_path, monkeypatch):
+    path = write(tmp_path, GOOD)
+    monkeypatch.setenv("PRIORSWAP_REGISTRY", str(path))
+    reg = Registry.load()
+    assert "my-model" in reg.models and "dit-xl-2-256" in reg.models
+
+
+def test_cli_reports_bad_registry_with_exit_2(tmp_path, capsys):
+    path = write(tmp_path, GOOD.replace("resolution: 64", "resolution: 64\n    colour: blue"))
+    code, _, err = run_cli(capsys, "list", "--registry", str(path))
+    assert code == 2 and "colour" in err and "my-model" in err
+
+
+def test_compatibility_is_computed(tmp_path):
+    spaces = """
+    version: 1
+    latent_spaces:
+      sd-half: {channels: 4, scale: 0.0910750, family: sd-kl-f8}
+      other: {channels: 16, scale: 1.0, family: flux-vae}
+    models:
+      half-prior:
+        plugin: dit
+        roles: [prior]
+        source: {path: ./a}
+        latent_space: sd-half
+        schedule: {beta_schedule: scaled_linear, beta_start: 0.00085, beta_end: 0.012}
+        parameterization: v_prediction
+        resolution: 256
+      flux-like:
+        plugin: dit
+        roles: [prior]
+        source: {path: ./b}
+        latent_space: other
+        schedule: {kind: flow}
+        parameterization: flow
+        resolution: 256
+      video-prior:
+        plugin: dit
+        roles: [prior]
+        source: {path: ./c}
+        latent_space: sd-kl-f8
+        modality: video
+        resolution: 256
+    """
+    plugins = get_plugins()
+    reg = Registry.load([str(write(tmp_path, spaces))])
+    plans = {p.prior: p for p in compatible_priors("dit-xl-2-256", reg, plugins)}
+    half = plans["half-prior"]
+    assert half.ok
+    lines = "\n".join(half.lines())
+    assert "latent-affine" in lines and "σ-matching" in lines and "v_prediction" in lines
+    assert not plans["flux-like"].ok and "latent spaces differ" in plans["flux-like"].reason
+    assert not plans["video-prior"].ok and "video" in plans["video-prior"].reason
+    assert "dit-xl-2-256" not in plans
