@@ -55,6 +55,7 @@ class Pair:
     plan: Plan | None
     task: Task
     match: str = "continuous"
+    adapters: bool = True
 
     @property
     def routes(self) -> dict[str, Route]:
@@ -62,6 +63,9 @@ class Pair:
         if self.prior is not None:
             if self.prior.denoiser is self.model.denoiser:
                 routes["prior"] = routes["model"]  # same network: its branches share one forward
+            elif not self.adapters:  # ablation: the model's timestep and parameterization, unadapted
+                routes["prior"] = Route(self.prior.denoiser, match="same",
+                                        naive_as=self.model.denoiser.parameterization)
             else:
                 same = self.model.denoiser.schedule.same_as(self.prior.denoiser.schedule)
                 adapters = tuple(self.plan.adapters) if self.plan else ()
@@ -140,11 +144,15 @@ def load_pair(
     dtype: torch.dtype | None = None,
     device: str = "cpu",
     match: str = "continuous",
+    adapters: bool = True,
     plugins: Plugins | None = None,
 ) -> Pair:
     """Loads a fine-tuned model and (optionally) a prior, by registry id or local folder.
 
-    Raises IncompatiblePair naming the missing adapter when the registry cannot bridge them.
+    `match` is the σ-matching for priors on another schedule (continuous or nearest);
+    `adapters=False` is an ablation that feeds the prior the model's raw timestep and reads its
+    output as the model's parameterization. Raises IncompatiblePair naming the missing adapter
+    when the registry cannot bridge the pair.
     """
     plugins = plugins or get_plugins()
     registry = Registry.load(registry_files, plugins.registry_files)
@@ -168,4 +176,4 @@ def load_pair(
         raise PriorswapError(f"no task '{task_name}' is registered for '{model}' (tasks: {', '.join(plugins.tasks)})")
     task_cls = resolve_ref(plugins.tasks[task_name])
     task = task_cls(loaded_model.denoiser, loaded_model.folder)
-    return Pair(loaded_model, loaded_prior, plan, task, match)
+    return Pair(loaded_model, loaded_prior, plan, task, match, adapters)

@@ -214,6 +214,9 @@ def doctor(registry: RegistryOpt = None) -> None:
 
 def main() -> None:
     """Entry point: user errors print a one-line message and exit with code 2."""
+    from .plugin_manager import get_plugins
+
+    get_plugins().add_commands(app)
     try:
         code = app(standalone_mode=False)
     except PriorswapError as e:

@@ -58,13 +58,16 @@ class Denoiser(ABC):
         cond: Condition,
         t: torch.Tensor | float | None = None,
         match: TimestepMatch = "continuous",
+        as_parameterization: str | None = None,
     ) -> torch.Tensor:
         """x̂0 from a noisy sample in the VP frame at σ (the engine's entry point).
 
         `t` overrides the timestep (the model's own scheduler grid); otherwise it is matched
-        from σ on this denoiser's schedule.
+        from σ on this denoiser's schedule. `as_parameterization` reads the output as another
+        parameterization (only for the naive no-adapter ablation).
         """
-        if math.isinf(sigma) and self.parameterization == "epsilon":
+        parameterization = as_parameterization or self.parameterization
+        if math.isinf(sigma) and parameterization == "epsilon":
             sigma_coeff = self.schedule.sigma_max_finite  # x̂0 from ε is undefined at σ = ∞
         else:
             sigma_coeff = sigma
@@ -78,7 +81,7 @@ class Denoiser(ABC):
         if self.learned_sigma:
             out = out[:, : self.latent_space.channels]
         a, b = coefficients(self.frame, sigma_coeff)
-        return to_x0(self.parameterization, out.to(x_vp.dtype), x.to(x_vp.dtype), a, b)
+        return to_x0(parameterization, out.to(x_vp.dtype), x.to(x_vp.dtype), a, b)
 
     def predict(self, x: torch.Tensor, sigma: float, cond: Condition) -> torch.Tensor:
         """x̂0 for x = x0 + σ·n (the variance-exploding form of k-diffusion and EDM)."""

@@ -22,18 +22,20 @@ class Route:
     """A denoiser plus the adapters that put it in the model's space.
 
     `match` is how the model's σ becomes this denoiser's timestep: "same" passes the scheduler's
-    own timestep (identical schedules), else "continuous" or "nearest" σ-matching.
+    own timestep (identical schedules), else "continuous" or "nearest" σ-matching. `naive_as`
+    (ablation only) also reads the output as the model's parameterization: no adapters at all.
     """
 
     denoiser: Denoiser
     adapters: tuple[Adapter, ...] = ()
     match: str = "same"
+    naive_as: str | None = None
 
     def predict(self, x_vp: torch.Tensor, sigma: float, t: torch.Tensor, cond: Condition) -> torch.Tensor:
         def call(x: torch.Tensor, s: float, c: Condition) -> torch.Tensor:
             c = expand(c, x.shape[0])
             if self.match == "same":
-                return self.denoiser.denoise(x, s, c, t=t)
+                return self.denoiser.denoise(x, s, c, t=t, as_parameterization=self.naive_as)
             match: TimestepMatch = "nearest" if self.match == "nearest" else "continuous"
             return self.denoiser.denoise(x, s, c, match=match)
 

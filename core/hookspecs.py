@@ -29,3 +29,8 @@ def register_adapters(register: Callable[[Any], None]) -> None:
 @hookspec
 def register_registry_files(register: Callable[[Any], None]) -> None:
     """Register registry YAML files that ship with the plugin: register(path)."""
+
+
+@hookspec
+def register_commands(cli: Any) -> None:
+    """Add commands to the `priorswap` CLI: `cli` is the typer app (use @cli.command() or cli.add_typer)."""

@@ -40,6 +40,7 @@ class Plugins:
     tasks: dict[str, Any] = field(default_factory=dict)
     bridges: list[Any] = field(default_factory=list)
     registry_files: list[Path] = field(default_factory=list)
+    command_hooks: list[tuple[str, Any]] = field(default_factory=list)
     failures: list[PluginFailure] = field(default_factory=list)
     origin: dict[str, str] = field(default_factory=dict)
 
@@ -84,6 +85,21 @@ class Plugins:
                     impl.function(register=self._tagged(sink, name))
                 except Exception as e:
                     self._fail(name, hook_name, e)
+        self.command_hooks += [
+            (name, impl.function) for impl in self.manager.hook.register_commands.get_hookimpls()
+            if impl.plugin_name == name
+        ]
+
+    def add_commands(self, cli: Any) -> None:
+        """Lets every plugin add its commands to the CLI once; a failing plugin is recorded, not fatal."""
+        if getattr(cli, "_priorswap_commands_from", None) is self:
+            return
+        cli._priorswap_commands_from = self
+        for name, function in self.command_hooks:
+            try:
+                function(cli=cli)
+            except Exception as e:
+                self._fail(name, "register_commands", e)
 
     def remove(self, name: str) -> None:
         self.manager.unregister(name=name)

@@ -33,3 +33,12 @@ def test_null_condition_is_cached_on_disk(sd_folder, dit_folder, monkeypatch):
     monkeypatch.setattr(sd, "encode_prompt", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-encoded")))
     again = priorswap.load_pair(str(dit_folder), prior=str(sd_folder))
     assert again.prior.denoiser.null_condition()["encoder_hidden_states"].shape[0] == 1
+
+
+def test_adapters_off_is_the_naive_ablation(dit_folder, sd_folder):
+    naive = priorswap.load_pair(str(dit_folder), prior=str(sd_folder), adapters=False)
+    assert naive.routes["prior"].match == "same" and naive.routes["prior"].naive_as == "epsilon"
+    matched = priorswap.load_pair(str(dit_folder), prior=str(sd_folder))
+    a = naive.sample(class_label=[2], scale=1.5, steps=4, seed=0, decode=False).latents
+    b = matched.sample(class_label=[2], scale=1.5, steps=4, seed=0, decode=False).latents
+    assert not torch.allclose(a, b)
