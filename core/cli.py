@@ -108,6 +108,16 @@ def _parse_task_options(args: list[str]) -> dict[str, Any]:
     return out
 
 
+def _is_list(annotation: Any) -> bool:
+    """list[...] or an Optional/Union containing one."""
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple, set):
+        return True
+    return any(_is_list(arg) for arg in typing.get_args(annotation)) if origin is not None else False
+
+
 def _task_inputs(task: Any, raw: dict[str, list[str]]) -> Any:
     from pydantic import ValidationError
 
@@ -121,8 +131,7 @@ def _task_inputs(task: Any, raw: dict[str, list[str]]) -> Any:
         )
     values: dict[str, Any] = {}
     for key, vals in raw.items():
-        annotation = str(fields[key].annotation)
-        values[key] = vals if annotation.startswith("list") else vals[-1]
+        values[key] = vals if _is_list(fields[key].annotation) else vals[-1]
     try:
         return task.Inputs.model_validate(values)
     except ValidationError as e:

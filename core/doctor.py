@@ -41,11 +41,10 @@ def report(console: Console, registry_files: list[str]) -> bool:
     table.add_column("status")
     table.add_column("registers")
     for name in plugins.names():
-        what = [f"family {k}" for k, v in plugins.origin.items() if v == name and k.startswith("family:")]
-        what += [f"task {k[5:]}" for k, v in plugins.origin.items() if v == name and k.startswith("task:")]
+        what = plugins.registered_by(name)
         failed = [f for f in plugins.failures if f.plugin == name]
         status = "[red]failed[/]" if failed else "[green]ok[/]"
-        table.add_row(name, status, ", ".join(w.replace("family:", "") for w in what))
+        table.add_row(name, status, ", ".join(what))
     for failure in plugins.failures:
         if failure.stage == "import":
             table.add_row(failure.plugin, "[red]failed to import[/]", "nothing")

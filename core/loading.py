@@ -70,7 +70,7 @@ def resolve(ref: str, registry: Registry, plugins: Plugins) -> Resolved:
             known = sorted(c for f in plugins.families.values() for c in f.pipeline_classes)
             raise PriorswapError(
                 f"{path}: no installed plugin handles pipeline class '{class_name}' "
-                f"(handled: {', '.join(known) or 'none'})"
+                f"(handled: {', '.join(known) or 'none'}).{plugins.hint()}"
             )
         if family.describe is None:
             raise PriorswapError(f"the '{family.name}' plugin cannot describe local folders; add a registry entry")

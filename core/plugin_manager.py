@@ -33,16 +33,11 @@ class PluginFailure:
 
 @dataclass
 class Plugins:
-    """Loaded plugins and what they registered."""
+    """Loaded plugins and what each registered (every item remembers the plugin it came from)."""
 
     manager: pluggy.PluginManager = field(default_factory=lambda: pluggy.PluginManager(GROUP))
-    families: dict[str, Family] = field(default_factory=dict)
-    tasks: dict[str, Any] = field(default_factory=dict)
-    bridges: list[Any] = field(default_factory=list)
-    registry_files: list[Path] = field(default_factory=list)
-    command_hooks: list[tuple[str, Any]] = field(default_factory=list)
+    items: list[tuple[str, str, str, Any]] = field(default_factory=list)  # (plugin, kind, key, value)
     failures: list[PluginFailure] = field(default_factory=list)
-    origin: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.manager.add_hookspecs(hookspecs)
@@ -65,78 +60,113 @@ class Plugins:
         return plugins
 
     def add(self, module: ModuleType | object, name: str) -> None:
-        """Registers one plugin object and collects what its hooks register."""
+        """Registers one plugin object and collects what its hooks register.
+
+        A hook implementation whose name is not a priorswap hook (a typo) is a failure.
+        """
         try:
             self.manager.register(module, name=name)
+            self.manager.check_pending()
         except Exception as e:
+            if self.manager.is_registered(module):
+                self.manager.unregister(module)
             self._fail(name, "register", e)
             return
-        hooks = {
-            "register_denoisers": self._add_family,
-            "register_tasks": self._add_task,
-            "register_adapters": self.bridges.append,
-            "register_registry_files": lambda p: self.registry_files.append(Path(p)),
-        }
-        for hook_name, sink in hooks.items():
+        for hook_name in ("register_denoisers", "register_tasks", "register_adapters", "register_registry_files"):
+            kind = hook_name.removeprefix("register_")
             for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
                 if impl.plugin_name != name:
                     continue
                 try:
-                    impl.function(register=self._tagged(sink, name))
+                    impl.function(register=self._sink(name, kind))
                 except Exception as e:
                     self._fail(name, hook_name, e)
-        self.command_hooks += [
-            (name, impl.function) for impl in self.manager.hook.register_commands.get_hookimpls()
-            if impl.plugin_name == name
-        ]
+        for impl in self.manager.hook.register_commands.get_hookimpls():
+            if impl.plugin_name == name:
+                self.items.append((name, "commands", impl.function.__name__, impl.function))
+
+    def _sink(self, plugin: str, kind: str) -> Any:
+        def register(*args: Any) -> None:
+            if kind == "denoisers":
+                (family,) = args
+                if not isinstance(family, Family):
+                    raise TypeError(f"register_denoisers takes priorswap.Family objects, got {type(family)!r}")
+                self.items.append((plugin, "family", family.name, family))
+            elif kind == "tasks":
+                task_name, task = args
+                self.items.append((plugin, "task", task_name, task))
+            elif kind == "adapters":
+                self.items.append((plugin, "bridge", "", args[0]))
+            else:
+                self.items.append((plugin, "registry", "", Path(args[0])))
+
+        return register
 
     def add_commands(self, cli: Any) -> None:
         """Lets every plugin add its commands to the CLI once; a failing plugin is recorded, not fatal."""
         if getattr(cli, "_priorswap_commands_from", None) is self:
             return
         cli._priorswap_commands_from = self
-        for name, function in self.command_hooks:
+        for plugin, kind, _, function in self.items:
+            if kind != "commands":
+                continue
             try:
                 function(cli=cli)
             except Exception as e:
-                self._fail(name, "register_commands", e)
+                self._fail(plugin, "register_commands", e)
 
     def remove(self, name: str) -> None:
+        """Unregisters a plugin and everything it registered."""
         self.manager.unregister(name=name)
-        self.families = {k: f for k, f in self.families.items() if self.origin.get(f"family:{k}") != name}
-        self.tasks = {k: t for k, t in self.tasks.items() if self.origin.get(f"task:{k}") != name}
+        self.items = [item for item in self.items if item[0] != name]
+        self.failures = [f for f in self.failures if f.plugin != name]
 
-    def _tagged(self, sink: Any, plugin: str) -> Any:
-        def register(*args: Any, **kwargs: Any) -> None:
-            self._current = plugin
-            sink(*args, **kwargs)
+    def _of(self, kind: str) -> list[tuple[str, str, Any]]:
+        return [(plugin, key, value) for plugin, k, key, value in self.items if k == kind]
 
-        return register
+    @property
+    def families(self) -> dict[str, Family]:
+        return {key: value for _, key, value in self._of("family")}
 
-    def _add_family(self, family: Family) -> None:
-        if not isinstance(family, Family):
-            raise TypeError(f"register_denoisers must register priorswap.Family objects, got {type(family)!r}")
-        self.families[family.name] = family
-        self.origin[f"family:{family.name}"] = self._current
+    @property
+    def tasks(self) -> dict[str, Any]:
+        return {key: value for _, key, value in self._of("task")}
 
-    def _add_task(self, name: str, task: Any) -> None:
-        self.tasks[name] = task
-        self.origin[f"task:{name}"] = self._current
+    @property
+    def bridges(self) -> list[Any]:
+        return [value for _, _, value in self._of("bridge")]
+
+    @property
+    def registry_files(self) -> list[Path]:
+        return [value for _, _, value in self._of("registry")]
+
+    def registered_by(self, plugin: str) -> list[str]:
+        """One line per thing a plugin registered, for `priorswap doctor`."""
+        return [f"{kind} {key}".strip() for p, kind, key, _ in self.items if p == plugin]
 
     def _fail(self, plugin: str, stage: str, error: BaseException) -> None:
         self.failures.append(
             PluginFailure(plugin, stage, f"{type(error).__name__}: {error}", traceback.format_exc())
         )
 
+    def hint(self) -> str:
+        """Why something may be missing: failed plugins and PRIORSWAP_PLUGINS."""
+        parts = []
+        broken = sorted({f.plugin for f in self.failures})
+        if broken:
+            parts.append(f"Plugins that failed to load: {', '.join(broken)} (see `priorswap doctor`).")
+        if os.environ.get(ENV) is not None:
+            parts.append(f"{ENV}={os.environ[ENV]!r} restricts which plugins load.")
+        return (" " + " ".join(parts)) if parts else ""
+
     def family(self, name: str) -> Family:
-        if name not in self.families:
-            known = ", ".join(sorted(self.families)) or "none"
-            broken = [f.plugin for f in self.failures]
-            hint = f" Plugins that failed to load: {', '.join(broken)} (see `priorswap doctor`)." if broken else ""
+        families = self.families
+        if name not in families:
+            known = ", ".join(sorted(families)) or "none"
             raise PluginError(
-                f"no installed plugin provides the model family '{name}' (installed: {known}).{hint}"
+                f"no installed plugin provides the model family '{name}' (installed: {known}).{self.hint()}"
             )
-        return self.families[name]
+        return families[name]
 
     def family_for_pipeline(self, class_name: str) -> Family | None:
         return next((f for f in self.families.values() if class_name in f.pipeline_classes), None)

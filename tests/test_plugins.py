@@ -97,3 +97,37 @@ def test_register_and_remove_a_plugin_object():
     assert plugins.family_for_pipeline("InlinePipeline").name == "inline"
     plugins.remove("inline")
     assert "inline" not in plugins.families
+
+
+def test_a_misspelled_hook_is_a_failure_not_silence():
+    from priorswap import Family, hookimpl
+
+    class Typo:
+        @hookimpl
+        def register_denoiser(self, register):  # missing "s"
+            register(Family(name="typo", load="x:y"))
+
+    plugins = Plugins.discover()
+    plugins.add(Typo(), "typo")
+    assert [(f.plugin, f.stage) for f in plugins.failures] == [("typo", "register")]
+    assert "unknown hook" in plugins.failures[0].error and "typo" not in plugins.names()
+
+
+def test_remove_forgets_everything_the_plugin_registered():
+    from priorswap import hookimpl
+
+    class Everything:
+        @hookimpl
+        def register_adapters(self, register):
+            register(lambda a, b: None)
+
+        @hookimpl
+        def register_registry_files(self, register):
+            register("/nowhere.yaml")
+
+    plugins = Plugins.discover()
+    before = (len(plugins.bridges), len(plugins.registry_files))
+    plugins.add(Everything(), "everything")
+    assert (len(plugins.bridges), len(plugins.registry_files)) == (before[0] + 1, before[1] + 1)
+    plugins.remove("everything")
+    assert (len(plugins.bridges), len(plugins.registry_files)) == before
