@@ -74,3 +74,36 @@ def test_sampling_is_deterministic_and_decodes(dit_folder):
     c = pair.sample(class_label=[1], steps=4, seed=12)
     assert torch.equal(a.latents, b.latents) and not torch.equal(a.latents, c.latents)
     assert a.images.shape == (1, 3, 16, 16) and a.images.min() >= 0 and a.images.max() <= 1
+
+
+def test_v_prediction_model_reproduces_the_pipeline(tmp_path):
+    from tiny import make_dit_folder
+
+    folder = make_dit_folder(tmp_path / "v", seed=3, prediction_type="v_prediction", beta_schedule="squaredcos_cap_v2")
+    ref = pipeline_latents(folder, torch.float64, 3.0, steps=8, seed=1)
+    pair = priorswap.load_pair(str(folder), dtype=torch.float64)
+    assert pair.model.denoiser.parameterization == "v_prediction"
+    out = pair.sample(class_label=LABELS, guidance="cfg", scale=3.0, steps=8, seed=1, decode=False)
+    assert (out.latents - ref).abs().max().item() < 1e-5
+
+
+def test_euler_matches_the_standard_diffusers_loop(dit_folder):
+    """Euler keeps its state in the VE frame and scales the model input; DiTPipeline ignores
+    init_noise_sigma, so the reference is the usual diffusers loop written out."""
+    from diffusers import EulerDiscreteScheduler
+
+    pipe = DiTPipeline.from_pretrained(dit_folder, torch_dtype=torch.float64)
+    sched = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    sched.set_timesteps(8)
+    x = randn_tensor((2, 4, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x = x * sched.init_noise_sigma
+    labels = torch.tensor(LABELS + [1000, 1000])
+    with torch.no_grad():
+        for t in sched.timesteps:
+            inp = sched.scale_model_input(torch.cat([x, x]), t)
+            eps = pipe.transformer(inp, timestep=t.reshape(1).expand(4), class_labels=labels).sample[:, :4]
+            cond, uncond = eps.chunk(2)
+            x = sched.step(uncond + 3.0 * (cond - uncond), t, x).prev_sample
+    pair = priorswap.load_pair(str(dit_folder), dtype=torch.float64)
+    out = pair.sample(class_label=LABELS, guidance="cfg", scale=3.0, steps=8, seed=1, scheduler="euler", decode=False)
+    assert (out.latents - x).abs().max().item() < 1e-5
