@@ -88,7 +88,8 @@ class FrameByFrame(Adapter):
 
 @dataclass
 class Resample(Adapter):
-    """The prior only runs at its native latent size: resize in, and x̂0 back."""
+    """The prior only runs at its native latent size: resize the noisy latent in (nearest, which keeps
+    the per-pixel noise level), and x̂0 back (bilinear)."""
 
     size: int
     name: str = "resample"
@@ -98,7 +99,7 @@ class Resample(Adapter):
 
     def __call__(self, x: torch.Tensor, sigma: float, cond: Condition, inner: Inner) -> torch.Tensor:
         h, w = x.shape[-2:]
-        x0 = inner(F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True), sigma, cond)
+        x0 = inner(F.interpolate(x, size=(self.size, self.size), mode="nearest-exact"), sigma, cond)
         return F.interpolate(x0, size=(h, w), mode="bilinear", antialias=True)
 
 

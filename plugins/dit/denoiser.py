@@ -15,8 +15,7 @@ from priorswap.vae import describe_vae
 class DiTDenoiser(Denoiser):
     """Class-conditional DiT; the null condition is the extra class `num_embeds_ada_norm` (1000)."""
 
-    learned_sigma = True
-    fixed_size = True
+    learned_sigma = True  # diffusers' PatchEmbed recomputes position embeddings, so any square size runs
 
     def __init__(self, transformer, scheduler_config: dict, request: LoadRequest) -> None:
         self.net = transformer.eval().requires_grad_(False)
@@ -68,6 +67,5 @@ def describe(folder: Path) -> dict:
         "parameterization": scfg.get("prediction_type", "epsilon"),
         "resolution": tcfg["sample_size"] * space["downsample"],
         "learned_sigma": tcfg.get("out_channels") == 2 * tcfg.get("in_channels", 4),
-        "fixed_size": True,
         "description": f"local DiT folder {folder.name}",
     }
