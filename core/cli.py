@@ -237,9 +237,8 @@ def main() -> None:
         err.print("aborted")
         sys.exit(1)
     except Exception as e:
-        import click
-
-        if isinstance(e, click.ClickException):
+        # typer >= 0.20 vendors click (typer._click); match either copy by class name
+        if any(c.__name__ == "ClickException" for c in type(e).__mro__):
             e.show()
             sys.exit(2)
         raise

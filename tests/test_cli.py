@@ -74,3 +74,22 @@ def test_wrong_suffix_is_refused(tmp_path, capsys, dit_folder):
 def test_folder_without_model_index(tmp_path, capsys):
     code, _, err = run_cli(capsys, "pairs", str(tmp_path))
     assert code == 2 and "model_index.json" in err
+
+
+def test_unknown_command_exits_2(capsys):
+    code, _, err = run_cli(capsys, "no-such-command")
+    assert code == 2 and "No such command" in err
+
+
+def test_help_with_plugin_commands_does_not_import_torch():
+    code = (
+        "import sys\n"
+        "sys.argv = ['priorswap', '--help']\n"
+        "from priorswap.cli import main\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "demo" in proc.stdout and "toy" in proc.stdout

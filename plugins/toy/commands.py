@@ -1,0 +1,109 @@
+"""CLI commands of the toy plugin: `priorswap demo`, `priorswap eval`, `priorswap toy train|results`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from priorswap.errors import PriorswapError
+
+
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise PriorswapError(f"{option} takes comma-separated numbers, got '{text}'") from None
+
+
+def register(cli: typer.Typer) -> None:
+    """Adds the commands to the `priorswap` app (called from the plugin's register_commands hook)."""
+
+    @cli.command()
+    def demo(
+        out: Annotated[Path, typer.Option(help="PNG file for the labelled grid.")] = Path("priorswap-demo.png"),
+        samples: Annotated[int, typer.Option(help="Samples per method for the metrics table.")] = 80,
+        steps: Annotated[int, typer.Option(help="DDIM steps.")] = 20,
+        seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    ) -> None:
+        """The main job: CFG vs prior swap on the shipped toy models (offline, about a minute)."""
+        if out.suffix.lower() != ".png":
+            raise PriorswapError(f"--out must be a .png file, got {out}")
+        from rich.console import Console
+
+        from .demo import run
+
+        run(out, samples=samples, steps=steps, seed=seed, console=Console(stderr=False))
+
+    @cli.command("eval")
+    def eval_(
+        model: Annotated[str, typer.Option(help="Toy model id (toy-digits-class, -view, -edit).")],
+        prior: Annotated[
+            list[str], typer.Option(help="Prior id(s); 'none' is plain CFG. Repeat or comma-separate.")
+        ] = ["none"],  # noqa: B006
+        guidance: Annotated[str, typer.Option(help="Guidance scales, comma-separated.")] = "1.5,2,3,5",
+        samples: Annotated[int, typer.Option(help="Samples per method, scale and seed.")] = 200,
+        seeds: Annotated[str, typer.Option(help="Seeds, comma-separated (pooled into the CIs).")] = "0,1,2",
+        steps: Annotated[int, typer.Option(help="DDIM steps.")] = 25,
+        image_guidance: Annotated[float | None, typer.Option(help="γ_I for the edit task.")] = None,
+        ablate_adapters: Annotated[
+            bool, typer.Option(help="Also run each prior with adapters disabled (naive timestep reuse).")
+        ] = False,
+        out: Annotated[Path | None, typer.Option(help="Folder for results.json, results.md, results.png.")] = None,
+    ) -> None:
+        """Measure a toy model with CFG and prior swaps: FD, accuracy, PSNR/SSIM with bootstrap CIs."""
+        from rich.console import Console
+
+        from .evaluate import Variant, evaluate, markdown, write_results
+
+        priors = [p.strip() for item in prior for p in item.split(",") if p.strip()]
+        variants = [Variant(None if p == "none" else p) for p in priors]
+        if ablate_adapters:
+            variants += [Variant(p, adapters=False) for p in priors if p != "none"]
+        console = Console()
+        records = evaluate(
+            model, variants, _floats(guidance, "--guidance"), samples=samples,
+            seeds=tuple(int(s) for s in _floats(seeds, "--seeds")), steps=steps, image_guidance=image_guidance,
+            progress=lambda msg: console.print(f"[dim]{msg}[/]"),
+        )
+        console.print(markdown(records, model))
+        if out is not None:
+            write_results(records, out, model)
+            console.print(f"results → {out}/results.json, results.md, results.png")
+
+    toy = typer.Typer(help="The toy digits zoo: train it, regenerate its results page.", no_args_is_help=True)
+    cli.add_typer(toy, name="toy")
+
+    @toy.command()
+    def train(
+        only: Annotated[list[str] | None, typer.Option(help="Train only these ids (repeatable).")] = None,
+        out: Annotated[Path | None, typer.Option(help="Output folder (default: the package's weights).")] = None,
+        scale: Annotated[float, typer.Option(help="Multiply every step count (e.g. 0.01 for a smoke run).")] = 1.0,
+        seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    ) -> None:
+        """Train the zoo (about an hour on 2 cores), seeded, with EMA weights."""
+        from . import train as training
+
+        unknown = [m for m in (only or []) if m not in training.ZOO]
+        if unknown:
+            raise PriorswapError(f"unknown zoo id(s) {', '.join(unknown)}; choose from {', '.join(training.ZOO)}")
+        kwargs = {"only": only or None, "scale": scale, "seed": seed}
+        if out is not None:
+            kwargs["out_dir"] = out
+        stats = training.train_zoo(**kwargs)
+        for model, s in stats.items():
+            typer.echo(f"{model}: {s}")
+
+    @toy.command()
+    def results(
+        out: Annotated[Path, typer.Option(help="Markdown page to write.")] = Path("docs/results-toy.md"),
+        samples: Annotated[int, typer.Option(help="Samples per method, scale and seed.")] = 200,
+        seeds: Annotated[str, typer.Option(help="Seeds, comma-separated.")] = "0,1,2",
+        steps: Annotated[int, typer.Option(help="DDIM steps.")] = 25,
+    ) -> None:
+        """Regenerate docs/results-toy.md: every task × {CFG, swap base, swap DiT-v, swap DiT-v without
+        adapters} × γ ∈ {1.25, 1.5, 2, 3}, plus each model's unconditional FD."""
+        from .results import write_page
+
+        write_page(out, samples=samples, seeds=tuple(int(s) for s in _floats(seeds, "--seeds")), steps=steps)

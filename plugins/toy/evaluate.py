@@ -1,0 +1,279 @@
+"""The evaluation harness: sample a toy model with several guidance rules and scales, measure,
+and report with bootstrap confidence intervals (markdown table, PNG plot, results.json)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import priorswap
+from priorswap import Guidance, Sampler, Term
+from priorswap.engine import Route
+
+from . import data
+from .metrics import bootstrap, frechet_distance, gaussian, psnr_per_sample, ssim_per_sample
+
+BATCH = 250
+
+
+@dataclass
+class Record:
+    """One number of results.json."""
+
+    model: str
+    prior: str
+    method: str
+    guidance: float
+    metric: str
+    value: float
+    ci_low: float
+    ci_high: float
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A way of sampling: plain CFG (prior None), or a swap with `prior`, with or without adapters."""
+
+    prior: str | None
+    adapters: bool = True
+
+    @property
+    def label(self) -> str:
+        if self.prior is None:
+            return "cfg"
+        return f"swap:{self.prior}" + ("" if self.adapters else " (no adapters)")
+
+
+class Reference:
+    """Classifier features of the real held-out digits (overall and per class)."""
+
+    def __init__(self) -> None:
+        from .classifier import load_classifier
+
+        self.classifier = load_classifier()
+        images, labels = data.load_digits16("test")
+        self.images, self.labels = images, labels
+        feats = self.features(images)
+        self.overall = gaussian(feats)
+        self.per_class = {int(c): gaussian(feats[labels.numpy() == c]) for c in labels.unique()}
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> np.ndarray:
+        return torch.cat([self.classifier.features(b) for b in images.split(BATCH)]).double().numpy()
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> np.ndarray:
+        return torch.cat([self.classifier(b).argmax(1) for b in images.split(BATCH)]).numpy()
+
+
+MIN_PER_CLASS = 10  # samples of a class needed before its FD is reported
+
+
+def _fd_record(base: dict, name: str, feats: np.ndarray, ref, n_boot: int) -> Record:
+    point, low, high = bootstrap(feats, lambda f: frechet_distance(f, ref), n=n_boot, recentre=True)
+    return Record(**base, metric=name, value=point, ci_low=low, ci_high=high)
+
+
+def _mean_record(base: dict, name: str, values: np.ndarray, n_boot: int) -> Record:
+    point, low, high = bootstrap(values, n=n_boot)
+    return Record(**base, metric=name, value=point, ci_low=low, ci_high=high)
+
+
+def _sample(pair, inputs: dict, guidance: Guidance, steps: int, seed: int) -> torch.Tensor:
+    """Final latents in [-1, 1] pixel space, sampled in batches of at most BATCH."""
+    key = next(k for k, v in inputs.items() if isinstance(v, list))
+    out = []
+    for start in range(0, len(inputs[key]), BATCH):
+        chunk = {k: (v[start : start + BATCH] if k == key else v) for k, v in inputs.items()}
+        out.append(pair.sample(chunk, guidance=guidance, steps=steps, seed=seed + start, decode=False).latents)
+    return torch.cat(out).clamp(-1, 1)
+
+
+def task_protocol(task: str, samples: int) -> list[tuple[dict, Callable[[], torch.Tensor] | None, np.ndarray]]:
+    """[(task inputs, ground truth or None, labels of the targets)] covering `samples` samples."""
+    test_images, test_labels = data.load_digits16("test")
+    if task == "toy-class":
+        labels = [i % 10 for i in range(samples)]
+        return [({"class_label": labels}, None, np.array(labels))]
+    rng = np.random.default_rng(0)
+    if task == "toy-view":
+        angles = [float(a) for a in data.VIEW_ANGLES_EVAL]
+        per = max(1, samples // len(angles))
+        idx = rng.choice(len(test_images), per, replace=per > len(test_images)).tolist()
+        src = test_images[idx]
+        return [
+            ({"source_index": idx, "angle": a}, data.rotate(src, torch.full((per,), a)), test_labels[idx].numpy())
+            for a in angles
+        ]
+    if task == "toy-edit":
+        instructions = list(data.INSTRUCTIONS)
+        per = max(1, samples // len(instructions))
+        idx = rng.choice(len(test_images), per, replace=per > len(test_images)).tolist()
+        src = test_images[idx]
+        ids = {name: i for i, name in enumerate(data.INSTRUCTIONS)}
+        return [
+            (
+                {"source_index": idx, "instruction": name},
+                data.apply_instruction(src, torch.full((per,), ids[name])),
+                test_labels[idx].numpy(),
+            )
+            for name in instructions
+        ]
+    raise priorswap.PriorswapError(f"no evaluation protocol for task '{task}'")
+
+
+def evaluate(
+    model: str,
+    variants: list[Variant],
+    guidances: list[float],
+    samples: int = 200,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    steps: int = 25,
+    image_guidance: float | None = None,
+    n_boot: int = 300,
+    progress: Callable[[str], None] | None = None,
+    reference: Reference | None = None,
+) -> list[Record]:
+    """Samples `model` with every variant × guidance × seed and measures it; seeds pooled into the CIs."""
+    reference = reference or Reference()
+    records: list[Record] = []
+    pairs = {}
+    for v in variants:
+        pairs[v] = priorswap.load_pair(model, prior=v.prior, adapters=v.adapters)
+    task = pairs[variants[0]].task
+    protocol = task_protocol(task.name, samples)
+    dual = "partial" in task.levels
+    for v, pair in pairs.items():
+        for gamma in guidances:
+            method = ("dual-" if dual else "") + ("cfg" if v.prior is None else "prior-swap")
+            rule = pair.guidance_for(method, gamma, image_guidance)
+            if progress:
+                progress(f"{model} {v.label} γ={gamma:g}")
+            images, truth, labels = [], [], []
+            for seed in seeds:
+                for inputs, target, target_labels in protocol:
+                    images.append(_sample(pair, inputs, rule, steps, seed))
+                    if target is not None:
+                        truth.append(target)
+                    labels.append(target_labels)
+            x = torch.cat(images)
+            y = np.concatenate(labels)
+            base = {"model": model, "prior": v.prior or "none", "method": v.label, "guidance": gamma}
+            feats = reference.features(x)
+            records.append(_fd_record(base, "fd", feats, reference.overall, n_boot))
+            if task.name == "toy-class":
+                for c in range(10):
+                    if (y == c).sum() < MIN_PER_CLASS:  # too few samples for a covariance: no per-class FD
+                        continue
+                    records.append(_fd_record(base, f"fd_class{c}", feats[y == c], reference.per_class[c], n_boot))
+                records.append(_mean_record(base, "accuracy", (reference.predict(x) == y).astype(float), n_boot))
+            else:
+                t = torch.cat(truth)
+                records.append(_mean_record(base, "psnr", psnr_per_sample(x, t), n_boot))
+                records.append(_mean_record(base, "ssim", ssim_per_sample(x, t), n_boot))
+                records.append(_mean_record(base, "accuracy", (reference.predict(x) == y).astype(float), n_boot))
+    return records
+
+
+@torch.no_grad()
+def unconditional_fd(
+    model: str, samples: int = 500, seeds: tuple[int, ...] = (0, 1, 2), steps: int = 25,
+    n_boot: int = 300, reference: Reference | None = None,
+) -> Record:
+    """FD of a model's unconditional samples (its null branch alone, γ = 0): how good is its prior?"""
+    reference = reference or Reference()
+    registry = priorswap.Registry.load(plugin_files=priorswap.get_plugins().registry_files)
+    from priorswap.loading import load, resolve
+
+    plugins = priorswap.get_plugins()
+    resolved = resolve(model, registry, plugins)
+    role = "prior" if "prior" in resolved.entry.roles else "model"
+    denoiser = load(resolved, role, plugins).denoiser
+    route = Route(denoiser)
+    rule = Guidance("unconditional", (Term(1.0, "model", "null"),))
+    size = denoiser.latent_size
+    images = []
+    for seed in seeds:
+        for start in range(0, samples, BATCH):
+            n = min(BATCH, samples - start)
+            sched = priorswap.make_scheduler("ddim", denoiser.scheduler_config)
+            sampler = Sampler({"model": route}, {("model", "null"): denoiser.null_condition()}, rule, sched)
+            g = torch.Generator().manual_seed(seed * 100_003 + start)
+            noise = torch.randn(n, denoiser.latent_space.channels, size, size, generator=g)
+            images.append(sampler.run(noise, steps).clamp(-1, 1))
+    feats = reference.features(torch.cat(images))
+    base = {"model": model, "prior": "none", "method": "unconditional", "guidance": 0.0}
+    return _fd_record(base, "fd", feats, reference.overall, n_boot)
+
+
+def real_data_floor(
+    samples: int = 500, n_boot: int = 300, reference: Reference | None = None, augmented: bool = True
+) -> Record:
+    """FD of real training digits against the held-out digits: the best achievable. `augmented`:
+    with the training augmentation (the base models' training distribution) or as they are."""
+    reference = reference or Reference()
+    train, _ = data.load_digits16("train")
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(train), generator=g)[:samples]
+    digits = data.augment(train[idx], g) if augmented else train[idx]
+    feats = reference.features(digits)
+    name = "real-train-digits" + ("-augmented" if augmented else "")
+    base = {"model": name, "prior": "none", "method": "data", "guidance": 0.0}
+    return _fd_record(base, "fd", feats, reference.overall, n_boot)
+
+
+def write_results(records: list[Record], out: Path, title: str) -> None:
+    """results.json, results.md (a table per metric) and results.png (metric vs γ per method)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps([asdict(r) for r in records], indent=1))
+    (out / "results.md").write_text(markdown(records, title))
+    plot(records, out / "results.png", title)
+
+
+def markdown(records: list[Record], title: str = "") -> str:
+    lines = [f"## {title}", ""] if title else []
+    metrics = [m for m in dict.fromkeys(r.metric for r in records) if not m.startswith("fd_class")]
+    for metric in metrics:
+        rows = [r for r in records if r.metric == metric]
+        gammas = sorted({r.guidance for r in rows})
+        methods = list(dict.fromkeys(r.method for r in rows))
+        lines += [f"**{metric}** ({'lower' if metric.startswith('fd') else 'higher'} is better; 95 % CI)", ""]
+        lines += ["| method | " + " | ".join(f"γ={g:g}" for g in gammas) + " |",
+                  "|---|" + "---|" * len(gammas)]
+        for method in methods:
+            cells = []
+            for g in gammas:
+                r = next((r for r in rows if r.method == method and r.guidance == g), None)
+                cells.append("" if r is None else f"{r.value:.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}]")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(records: list[Record], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in dict.fromkeys(r.metric for r in records) if not m.startswith("fd_class")]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for method in dict.fromkeys(r.method for r in records if r.metric == metric):
+            rows = sorted((r for r in records if r.metric == metric and r.method == method), key=lambda r: r.guidance)
+            g = [r.guidance for r in rows]
+            ax.plot(g, [r.value for r in rows], marker="o", label=method)
+            ax.fill_between(g, [r.ci_low for r in rows], [r.ci_high for r in rows], alpha=0.2)
+        ax.set_xlabel("guidance γ")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
