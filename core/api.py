@@ -46,6 +46,25 @@ class SampleResult:
     forward_calls: dict[str, int] = field(default_factory=dict)
 
 
+def offload_denoiser(denoiser: Any, device: str) -> None:
+    """Keeps the denoiser's network (`.net`) in CPU memory; accelerate moves it to `device` per forward."""
+    net = getattr(denoiser, "net", None)
+    if net is None:
+        raise PriorswapError(f"{type(denoiser).__name__} has no `.net` module: it cannot be offloaded")
+    try:
+        from accelerate import cpu_offload
+    except ImportError:
+        raise PriorswapError("--offload needs accelerate: pip install accelerate") from None
+    cpu_offload(net, execution_device=torch.device(device))
+    denoiser.device = torch.device(device)
+
+
+def _repeat_inputs(cond: dict, batch: int, times: int) -> dict:
+    """Repeats each input's rows of a condition `times` (input by input); other entries (a shared
+    batch-1 null condition) are left for the engine to broadcast."""
+    return {k: v.repeat_interleave(times, dim=0) if v.shape[0] == batch else v for k, v in cond.items()}
+
+
 @dataclass
 class Pair:
     """A fine-tuned model, an optional prior, the adapters between them and the model's task."""
@@ -106,10 +125,14 @@ class Pair:
         scheduler: str | None = None,
         callback: Callable[[StepInfo], None] | None = None,
         decode: bool = True,
+        num_samples: int = 1,
         **task_inputs: Any,
     ) -> SampleResult:
         """Samples the model's task. `guidance` is a Guidance or a method name (cfg, prior-swap,
-        autoguidance, dual-cfg, dual-prior-swap); task inputs come as a TaskInputs, a dict or keywords."""
+        autoguidance, dual-cfg, dual-prior-swap); task inputs come as a TaskInputs, a dict or keywords.
+        `num_samples` draws that many samples per task input (rows ordered input by input)."""
+        if num_samples < 1:
+            raise PriorswapError(f"num_samples must be at least 1, got {num_samples}")
         rec = self.model.resolved.entry.recommended
         rule = guidance if isinstance(guidance, G.Guidance) else self.guidance_for(guidance, scale, image_scale)
         args = self.inputs(inputs, **task_inputs)
@@ -123,11 +146,15 @@ class Pair:
                 conditions.update(
                     {("prior", lvl): c for lvl, c in self.task.conditions(args, prior).items() if lvl != "null"}
                 )
+        shape = self.task.latent_shape(args)
+        if num_samples > 1:
+            conditions = {k: _repeat_inputs(c, shape[0], num_samples) for k, c in conditions.items()}
+            shape = (shape[0] * num_samples, *shape[1:])
         sched = make_scheduler(scheduler or rec.scheduler, model.scheduler_config)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         from diffusers.utils.torch_utils import randn_tensor
 
-        noise = randn_tensor(self.task.latent_shape(args), generator=generator, dtype=model.dtype)
+        noise = randn_tensor(shape, generator=generator, dtype=model.dtype)
         sampler = Sampler(self.routes, conditions, rule, sched)
         latents = sampler.run(noise.to(model.device), steps, callback)
         images = self.task.decode(latents) if decode else None
@@ -146,17 +173,22 @@ def load_pair(
     match: str = "continuous",
     adapters: bool = True,
     plugins: Plugins | None = None,
+    prior_dtype: torch.dtype | None = None,
+    offload: bool = False,
 ) -> Pair:
     """Loads a fine-tuned model and (optionally) a prior, by registry id or local folder.
 
     `match` is the σ-matching for priors on another schedule (continuous or nearest);
     `adapters=False` is an ablation that feeds the prior the model's raw timestep and reads its
     output as the model's parameterization. Raises IncompatiblePair naming the missing adapter
-    when the registry cannot bridge the pair.
+    when the registry cannot bridge the pair. `dtype` / `prior_dtype` set the weights' dtypes
+    (the prior's defaults to the model's); `offload` keeps the networks in CPU memory and moves
+    each to `device` only for its forward pass (accelerate's cpu_offload).
     """
     plugins = plugins or get_plugins()
     registry = Registry.load(registry_files, plugins.registry_files)
-    options = {"offline": offline, "allow_pickle": allow_pickle, "dtype": dtype, "device": device}
+    load_device = "cpu" if offload else device
+    options = {"offline": offline, "allow_pickle": allow_pickle, "dtype": dtype, "device": load_device}
     model_res = resolve(model, registry, plugins)
     prior_res = resolve(prior, registry, plugins) if prior is not None else None
     plan = None
@@ -168,7 +200,11 @@ def load_pair(
     loaded_prior = None
     if prior_res is not None:
         same = prior_res.id == model_res.id
-        loaded_prior = loaded_model if same else load(prior_res, "prior", plugins, **options)
+        prior_options = {**options, "dtype": prior_dtype or dtype}
+        loaded_prior = loaded_model if same else load(prior_res, "prior", plugins, **prior_options)
+    if offload:
+        for loaded in {id(x): x for x in (loaded_model, loaded_prior) if x is not None}.values():
+            offload_denoiser(loaded.denoiser, device)
     entry = model_res.entry
     family = plugins.family(entry.plugin)
     task_name = entry.task or family.default_task

@@ -118,6 +118,28 @@ def _is_list(annotation: Any) -> bool:
     return any(_is_list(arg) for arg in typing.get_args(annotation)) if origin is not None else False
 
 
+DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
+          "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+
+def _dtype(name: str, option: str) -> Any:
+    import torch
+
+    if name.lower() not in DTYPES:
+        raise PriorswapError(f"{option} takes fp32, fp16 or bf16, got '{name}'")
+    return getattr(torch, DTYPES[name.lower()])
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise PriorswapError(f"{option} takes comma-separated integers, got '{text}'") from None
+    if not values:
+        raise PriorswapError(f"{option} needs at least one value")
+    return values
+
+
 def _task_inputs(task: Any, raw: dict[str, list[str]]) -> Any:
     from pydantic import ValidationError
 
@@ -154,16 +176,25 @@ def sample(
     interval: Annotated[str | None, typer.Option(help="Apply guidance only for σ in LO,HI.")] = None,
     steps: Annotated[int | None, typer.Option(help="Sampling steps (default: the registry's).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seeds: Annotated[str | None, typer.Option(help="Several seeds, comma-separated (overrides --seed).")] = None,
+    num_samples: Annotated[int, typer.Option(help="Samples per task input and seed.")] = 1,
     scheduler: Annotated[str | None, typer.Option(help="ddim (default), euler or native.")] = None,
     match: Annotated[str, typer.Option(help="σ-matching for priors on another schedule: continuous or nearest.")]
     = "continuous",
     out: Annotated[Path | None, typer.Option(help="PNG file for the decoded images (a grid if several).")] = None,
+    out_dir: Annotated[Path | None, typer.Option(help="Folder for one PNG per sample (seed<S>-<i>.png).")] = None,
     save_latents: Annotated[
         Path | None, typer.Option(help="Write the final latent (one tensor, 'latents') to this .safetensors.")
     ] = None,
     offline: Annotated[bool, typer.Option(help="Never contact the hub; use cached weights only.")] = False,
     allow_pickle: Annotated[
         bool, typer.Option(help="Allow pickled .bin weights (loaded with torch.load(weights_only=True)).")
+    ] = False,
+    dtype: Annotated[str, typer.Option(help="Model weights dtype: fp32, fp16 or bf16.")] = "fp32",
+    prior_dtype: Annotated[str | None, typer.Option(help="Prior weights dtype (default: --dtype).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, mps (default: cuda if available).")] = None,
+    offload: Annotated[
+        bool, typer.Option(help="Keep networks in CPU memory, move each to the device per forward (accelerate).")
     ] = False,
     registry: RegistryOpt = None,
 ) -> None:
@@ -180,13 +211,20 @@ def sample(
         except ValueError:
             raise PriorswapError(f"--interval takes LO,HI (two numbers), got '{interval}'") from None
         lo_hi = (lo, hi)
+    seed_list = [seed] if seeds is None else _ints(seeds, "--seeds")
+    if num_samples < 1:
+        raise PriorswapError(f"--num-samples must be at least 1, got {num_samples}")
+
+    import torch
 
     from .api import load_pair
 
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     with err.status(f"loading {model}" + (f" and {prior}" if prior else "")):
         pair = load_pair(
             model, prior, registry_files=registry or [], offline=offline or None, allow_pickle=allow_pickle,
-            match=match,
+            match=match, dtype=_dtype(dtype, "--dtype"),
+            prior_dtype=_dtype(prior_dtype, "--prior-dtype") if prior_dtype else None, device=device, offload=offload,
         )
     inputs = _task_inputs(pair.task, raw)
     rule = pair.guidance_for(method, guidance, image_guidance).with_options(rescale=rescale, interval=lo_hi)
@@ -195,21 +233,34 @@ def sample(
     from .media import progress_callback
 
     n_steps = steps or pair.model.resolved.entry.recommended.steps
-    with progress_callback(n_steps, f"{rule.name} γ={rule.terms[0].weight:g}", err) as callback:
-        result = pair.sample(inputs, guidance=rule, steps=n_steps, seed=seed, scheduler=scheduler,
-                             callback=callback, decode=out is not None)
+    decode = out is not None or out_dir is not None
+    latents, images, names = [], [], []
+    for s in seed_list:
+        label = f"{rule.name} γ={rule.terms[0].weight:g}" + (f" seed {s}" if len(seed_list) > 1 else "")
+        with progress_callback(n_steps, label, err) as callback:
+            result = pair.sample(inputs, guidance=rule, steps=n_steps, seed=s, scheduler=scheduler,
+                                 callback=callback, decode=decode, num_samples=num_samples)
+        if decode and result.images is None:
+            raise PriorswapError(f"'{model}' has no decoder (vae/ folder); use --save-latents instead")
+        latents.append(result.latents.float().cpu())
+        if result.images is not None:
+            images.append(result.images.float().cpu())
+        names += [f"seed{s}-{i:02d}" for i in range(result.latents.shape[0])]
     if save_latents is not None:
         from .media import write_atomic_safetensors
 
-        write_atomic_safetensors(save_latents, {"latents": result.latents})
+        write_atomic_safetensors(save_latents, {"latents": torch.cat(latents)})
         err.print(f"latents → {save_latents}")
     if out is not None:
-        if result.images is None:
-            raise PriorswapError(f"'{model}' has no decoder (vae/ folder); use --save-latents instead")
         from .media import save_grid
 
-        save_grid(result.images, out)
+        save_grid(torch.cat(images), out)
         err.print(f"images → {out}")
+    if out_dir is not None:
+        from .media import save_images
+
+        paths = save_images(torch.cat(images), out_dir, names)
+        err.print(f"{len(paths)} images → {out_dir}/")
 
 
 @app.command()
@@ -219,6 +270,45 @@ def doctor(registry: RegistryOpt = None) -> None:
 
     ok = report(console, registry or [])
     raise typer.Exit(0 if ok else 1)
+
+
+@app.command("check-golden")
+def check_golden(
+    folders: Annotated[list[Path], typer.Argument(help="Fixture folder(s) with fixture.json, or folders above them.")],
+    skip_missing: Annotated[
+        bool, typer.Option(help="Skip fixtures whose family no installed plugin checks (else they fail).")
+    ] = False,
+) -> None:
+    """Run reference fixtures through their plugins; print every tensor's deviation; exit 0 only if all pass."""
+    from .golden import check_fixture, find_fixtures, read_fixture
+    from .plugin_manager import get_plugins
+
+    fixtures = [f for folder in folders for f in find_fixtures(folder)]
+    checked = get_plugins().golden_checks
+    passed = failed = skipped = 0
+    for folder in fixtures:
+        if skip_missing and read_fixture(folder)["family"] not in checked:
+            console.print(f"[dim]{folder}: skipped (no plugin checks '{read_fixture(folder)['family']}')[/]")
+            skipped += 1
+            continue
+        with err.status(f"checking {folder}"):
+            result = check_fixture(folder)
+        if result.error:
+            console.print(f"[red]FAIL[/] {folder} ({result.family}): {result.error}")
+            failed += 1
+            continue
+        table = Table(title=f"{folder} ({result.family})", title_justify="left")
+        for col in ("tensor / check", "max |a−b|", "tolerance", "result"):
+            table.add_column(col)
+        for c in result.comparisons:
+            tol = "—" if c.atol is None else f"atol {c.atol:g}" + (f", rtol {c.rtol:g}" if c.rtol else "")
+            dev = "—" if c.max_abs is None else f"{c.max_abs:.3g}"
+            verdict = "[green]ok[/]" if c.ok else "[red]FAIL[/]"
+            table.add_row(c.name, dev, tol, verdict + (f" {c.detail}" if c.detail else ""))
+        console.print(table)
+        passed, failed = passed + result.ok, failed + (not result.ok)
+    console.print(f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
+    raise typer.Exit(1 if failed or not passed else 0)
 
 
 def main() -> None:

@@ -34,3 +34,10 @@ def register_registry_files(register: Callable[[Any], None]) -> None:
 @hookspec
 def register_commands(cli: Any) -> None:
     """Add commands to the `priorswap` CLI: `cli` is the typer app (use @cli.command() or cli.add_typer)."""
+
+
+@hookspec
+def register_golden_checks(register: Callable[..., None]) -> None:
+    """Opt a family into `priorswap check-golden`: register(family, checker). `checker(folder, fixture)`
+    (a callable or "module:attr") runs the fixture's call through the plugin and returns the produced
+    tensors by the names in fixture.json's `compare` (or a `priorswap.golden.Produced`)."""

@@ -59,6 +59,17 @@ def save_grid(images: torch.Tensor, path: Path, columns: int | None = None) -> N
     _atomic(path, lambda tmp: to_pil(picture).save(tmp, format="PNG"))
 
 
+def save_images(images: torch.Tensor, folder: Path, names: list[str]) -> list[Path]:
+    """Saves each image as folder/<name>.png (atomically); returns the paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for image, name in zip(images, names, strict=True):
+        path = folder / f"{name}.png"
+        _atomic(path, lambda tmp, image=image: to_pil(image).save(tmp, format="PNG"))
+        paths.append(path)
+    return paths
+
+
 @contextlib.contextmanager
 def progress_callback(total: int, label: str, console) -> Iterator:
     """A rich progress bar advanced by the engine's step callback."""

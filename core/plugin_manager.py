@@ -72,7 +72,10 @@ class Plugins:
                 self.manager.unregister(module)
             self._fail(name, "register", e)
             return
-        for hook_name in ("register_denoisers", "register_tasks", "register_adapters", "register_registry_files"):
+        for hook_name in (
+            "register_denoisers", "register_tasks", "register_adapters", "register_registry_files",
+            "register_golden_checks",
+        ):
             kind = hook_name.removeprefix("register_")
             for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
                 if impl.plugin_name != name:
@@ -83,7 +86,7 @@ class Plugins:
                     self._fail(name, hook_name, e)
         for impl in self.manager.hook.register_commands.get_hookimpls():
             if impl.plugin_name == name:
-                self.items.append((name, "commands", impl.function.__name__, impl.function))
+                self.items.append((name, "commands", "", impl.function))
 
     def _sink(self, plugin: str, kind: str) -> Any:
         def register(*args: Any) -> None:
@@ -97,6 +100,9 @@ class Plugins:
                 self.items.append((plugin, "task", task_name, task))
             elif kind == "adapters":
                 self.items.append((plugin, "bridge", "", args[0]))
+            elif kind == "golden_checks":
+                family_name, checker = args
+                self.items.append((plugin, "golden", family_name, checker))
             else:
                 self.items.append((plugin, "registry", "", Path(args[0])))
 
@@ -135,6 +141,11 @@ class Plugins:
     @property
     def bridges(self) -> list[Any]:
         return [value for _, _, value in self._of("bridge")]
+
+    @property
+    def golden_checks(self) -> dict[str, Any]:
+        """family → checker for `priorswap check-golden`."""
+        return {key: value for _, key, value in self._of("golden")}
 
     @property
     def registry_files(self) -> list[Path]:

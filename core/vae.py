@@ -39,7 +39,7 @@ def describe_vae(folder: Path) -> dict[str, Any]:
 
 
 class VaeDecoder:
-    """Decodes model-space latents to images in [0, 1] with a diffusers AutoencoderKL."""
+    """Decodes model-space latents to images in [0, 1] (and encodes images) with a diffusers AutoencoderKL."""
 
     def __init__(self, vae: Any, space: LatentSpace) -> None:
         self.vae = vae.eval().requires_grad_(False)
@@ -58,3 +58,14 @@ class VaeDecoder:
         z = latents / self.space.scale + self.space.shift
         image = self.vae.decode(z.to(self.vae.dtype)).sample
         return (image.float() / 2 + 0.5).clamp(0, 1)
+
+    @torch.no_grad()
+    def encode(
+        self, images: torch.Tensor, scaled: bool = True, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Latents of images in [-1, 1], (B, 3, H, W): the posterior mode (its mean), or a sample when
+        `generator` is given. `scaled`: in model space ((z − shift)·scale); else the raw VAE latent,
+        as InstructPix2Pix and Zero-1-to-3 feed their concat channels."""
+        dist = self.vae.encode(images.to(self.vae.device, self.vae.dtype)).latent_dist
+        z = dist.sample(generator) if generator is not None else dist.mode()
+        return (z - self.space.shift) * self.space.scale if scaled else z

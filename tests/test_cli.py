@@ -51,6 +51,9 @@ def test_sample_writes_png_and_latents(tmp_path, capsys, dit_folder, dit_prior_f
         (["--class-label", "x"], "--class-label"),
         (["--method", "prior-swap", "--class-label", "1"], "needs a prior"),
         (["--class-label", "1", "--interval", "3"], "LO,HI"),
+        (["--class-label", "1", "--dtype", "fp8"], "--dtype takes fp32, fp16 or bf16"),
+        (["--class-label", "1", "--seeds", "1,x"], "--seeds takes comma-separated integers"),
+        (["--class-label", "1", "--num-samples", "0"], "--num-samples must be at least 1"),
     ],
 )
 def test_bad_input_exits_2_without_output(tmp_path, capsys, dit_folder, args, message):
@@ -93,3 +96,38 @@ def test_help_with_plugin_commands_does_not_import_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "demo" in proc.stdout and "toy" in proc.stdout
+
+
+def test_several_seeds_and_samples_write_a_grid_and_one_file_each(tmp_path, capsys, dit_folder, dit_prior_folder):
+    lat, folder = tmp_path / "z.safetensors", tmp_path / "each"
+    code, _, err = run_cli(
+        capsys, "sample", "--model", str(dit_folder), "--prior", str(dit_prior_folder), "--class-label", "207",
+        "--class-label", "3", "--steps", "3", "--seeds", "4,5", "--num-samples", "2", "--out-dir", str(folder),
+        "--save-latents", str(lat),
+    )
+    assert code == 0, err
+    assert sorted(p.name for p in folder.iterdir()) == [f"seed{s}-{i:02d}.png" for s in (4, 5) for i in range(4)]
+    latents = load_file(lat)["latents"]
+    pair = priorswap.load_pair(str(dit_folder), prior=str(dit_prior_folder))
+    for k, s in enumerate((4, 5)):
+        expected = pair.sample(class_label=[207, 3], steps=3, seed=s, decode=False, num_samples=2).latents
+        assert torch.equal(latents[4 * k : 4 * k + 4], expected)
+    # rows are input by input: both samples of label 207 first, and they differ (own noise)
+    one = pair.sample(class_label=[207], steps=3, seed=4, decode=False, num_samples=2).latents
+    assert not torch.allclose(one[0], one[1])
+
+
+def test_offload_gives_the_same_latents(dit_folder, dit_prior_folder):
+    plain = priorswap.load_pair(str(dit_folder), prior=str(dit_prior_folder))
+    offloaded = priorswap.load_pair(str(dit_folder), prior=str(dit_prior_folder), offload=True, device="cpu")
+    assert hasattr(offloaded.model.denoiser.net, "_hf_hook")  # accelerate's hook is installed
+    a = plain.sample(class_label=[1], steps=3, seed=0, decode=False).latents
+    b = offloaded.sample(class_label=[1], steps=3, seed=0, decode=False).latents
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_model_and_prior_dtypes_are_separate(dit_folder, dit_prior_folder):
+    pair = priorswap.load_pair(str(dit_folder), prior=str(dit_prior_folder), prior_dtype=torch.float64)
+    assert pair.model.denoiser.dtype == torch.float32 and pair.prior.denoiser.dtype == torch.float64
+    out = pair.sample(class_label=[1], steps=2, seed=0, decode=False)
+    assert out.latents.dtype == torch.float32 and torch.isfinite(out.latents).all()

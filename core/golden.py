@@ -1,0 +1,137 @@
+"""`priorswap check-golden`: run reference fixtures through the plugins that own them and compare.
+
+A fixture folder holds `fixture.json` (`family`, `kind`, `call`, `compare`) and `io.safetensors`
+with the reference tensors (format: shared fixtures README, summarised in docs/plugins.md). The
+family's plugin registers a checker with the `register_golden_checks` hook; the checker runs the
+fixture through the plugin and returns the tensors it produced; this module compares them with the
+per-tensor tolerances: a number is an absolute tolerance, `{atol, rtol}` means
+|a − b| ≤ atol + rtol·|b| elementwise.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import PriorswapError
+from .family import resolve_ref
+
+FIXTURE_FILE = "fixture.json"
+
+
+@dataclass
+class Produced:
+    """What a checker returns: produced tensors by name, and optional extra pass/fail checks
+    (name, ok, detail), e.g. "the full-size state_dict has the manifest's keys and shapes"."""
+
+    tensors: dict[str, Any]
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+
+
+@dataclass
+class Comparison:
+    """One compared tensor or extra check of one fixture."""
+
+    name: str
+    ok: bool
+    max_abs: float | None = None
+    worst_excess: float | None = None  # max over elements of |a − b| − (atol + rtol·|b|); ≤ 0 passes
+    atol: float | None = None
+    rtol: float | None = None
+    detail: str = ""
+
+
+@dataclass
+class FixtureResult:
+    folder: Path
+    family: str
+    comparisons: list[Comparison]
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.comparisons) and all(c.ok for c in self.comparisons)
+
+
+def find_fixtures(root: Path) -> list[Path]:
+    """`root` itself when it holds fixture.json, else every folder below it that does (sorted)."""
+    root = Path(root)
+    if not root.exists():
+        raise PriorswapError(f"fixture folder {root} does not exist")
+    if (root / FIXTURE_FILE).is_file():
+        return [root]
+    found = sorted(p.parent for p in root.rglob(FIXTURE_FILE))
+    if not found:
+        raise PriorswapError(f"no {FIXTURE_FILE} under {root}: point check-golden at a fixture folder")
+    return found
+
+
+def read_fixture(folder: Path) -> dict:
+    try:
+        fixture = json.loads((folder / FIXTURE_FILE).read_text())
+    except json.JSONDecodeError as e:
+        raise PriorswapError(f"{folder / FIXTURE_FILE} is not valid JSON: {e}") from None
+    for key in ("family", "compare"):
+        if key not in fixture:
+            raise PriorswapError(f"{folder / FIXTURE_FILE} lacks the '{key}' field")
+    return fixture
+
+
+def tolerance(spec: Any) -> tuple[float, float]:
+    """(atol, rtol) from a fixture's compare entry: a number, or {atol, rtol}."""
+    if isinstance(spec, int | float):
+        return float(spec), 0.0
+    if isinstance(spec, dict) and set(spec) <= {"atol", "rtol"}:
+        return float(spec.get("atol", 0.0)), float(spec.get("rtol", 0.0))
+    raise PriorswapError(f"a tolerance is a number or {{atol, rtol}}, got {spec!r}")
+
+
+def compare(name: str, produced: Any, reference: Any, atol: float, rtol: float) -> Comparison:
+    """Elementwise |a − b| ≤ atol + rtol·|b| in float64; shapes must match."""
+    import torch
+
+    a = torch.as_tensor(produced).detach().cpu().double()
+    b = torch.as_tensor(reference).detach().cpu().double()
+    if a.shape != b.shape:
+        return Comparison(name, False, atol=atol, rtol=rtol,
+                          detail=f"shape {tuple(a.shape)} vs reference {tuple(b.shape)}")
+    diff = (a - b).abs()
+    excess = (diff - (atol + rtol * b.abs())).max().item() if diff.numel() else 0.0
+    finite = bool(torch.isfinite(a).all())
+    return Comparison(name, finite and excess <= 0, diff.max().item() if diff.numel() else 0.0, excess, atol, rtol,
+                      "" if finite else "non-finite values")
+
+
+def check_fixture(folder: Path, plugins: Any = None) -> FixtureResult:
+    """Runs one fixture through its family's checker and compares every tensor of `compare`."""
+    from safetensors.torch import load_file
+
+    from .plugin_manager import get_plugins
+
+    plugins = plugins or get_plugins()
+    fixture = read_fixture(folder)
+    family = fixture["family"]
+    checkers = plugins.golden_checks
+    if family not in checkers:
+        known = ", ".join(sorted(checkers)) or "none"
+        return FixtureResult(folder, family, [], f"no installed plugin checks the family '{family}' "
+                             f"(families with golden checks: {known}).{plugins.hint()}")
+    try:
+        result = resolve_ref(checkers[family])(folder, fixture)
+    except Exception as e:  # report the failure of this fixture, go on with the others
+        return FixtureResult(folder, family, [], f"{type(e).__name__}: {e}")
+    produced = result if isinstance(result, Produced) else Produced(dict(result))
+    reference = load_file(folder / "io.safetensors")
+    comparisons = []
+    for name, spec in fixture["compare"].items():
+        atol, rtol = tolerance(spec)
+        if name not in reference:
+            comparisons.append(Comparison(name, False, detail="not in io.safetensors"))
+        elif name not in produced.tensors:
+            comparisons.append(Comparison(name, False, detail="the checker did not produce it"))
+        else:
+            comparisons.append(compare(name, produced.tensors[name], reference[name], atol, rtol))
+    comparisons += [Comparison(name, ok, detail=detail) for name, ok, detail in produced.checks]
+    return FixtureResult(folder, family, comparisons)

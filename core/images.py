@@ -1,0 +1,39 @@
+"""Reading task images from files (PNG, JPEG, ...) into tensors the networks take."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .errors import PriorswapError
+
+
+def load_image(path: str | Path, size: int | tuple[int, int] | None = None, mode: str = "RGB") -> torch.Tensor:
+    """(1, C, H, W) float32 in [-1, 1] from an image file; `size` resizes (bicubic) to size×size or (H, W).
+
+    Raises a PriorswapError naming the file when it is missing or not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise PriorswapError(f"image file {path} does not exist")
+    try:
+        with Image.open(path) as img:
+            img = img.convert(mode)
+            if size is not None:
+                h, w = (size, size) if isinstance(size, int) else size
+                img = img.resize((w, h), Image.BICUBIC)
+            return pil_to_tensor(img)
+    except UnidentifiedImageError:
+        raise PriorswapError(f"{path} is not an image file PIL can read") from None
+
+
+def pil_to_tensor(img) -> torch.Tensor:
+    """A PIL image → (1, C, H, W) float32 in [-1, 1] (uint8 / 127.5 − 1, as the diffusers pipelines do)."""
+    import numpy as np
+
+    array = np.asarray(img, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1.0

@@ -1,0 +1,101 @@
+"""`priorswap check-golden`: fixtures run through the checker a plugin registers; tolerances per tensor."""
+
+import json
+
+import pytest
+import torch
+from clihelp import run_cli
+from safetensors.torch import save_file
+
+from priorswap import hookimpl, plugin_manager
+from priorswap.golden import Produced, check_fixture, tolerance
+
+REFERENCE = {"a": torch.linspace(-1, 1, 12).reshape(3, 4), "b": torch.full((2, 2), 10.0)}
+
+
+def make_fixture(folder, family="fake", compare=None):
+    folder.mkdir(parents=True)
+    save_file(REFERENCE, folder / "io.safetensors")
+    compare = compare or {"a": 1e-4, "b": {"atol": 0.0, "rtol": 1e-3}}
+    (folder / "fixture.json").write_text(json.dumps({"family": family, "kind": "network", "compare": compare}))
+    return folder
+
+
+class FakeFamily:
+    """A plugin whose checker perturbs the reference by `error` (relative), or drops a tensor."""
+
+    def __init__(self, error: float = 0.0, drop: str | None = None, extra: list | None = None):
+        self.error, self.drop, self.extra = error, drop, extra or []
+
+    def check(self, folder, fixture):
+        assert fixture["family"] == "fake" and (folder / "fixture.json").is_file()
+        out = {k: v * (1 + self.error) for k, v in REFERENCE.items() if k != self.drop}
+        return Produced(out, self.extra)
+
+    @hookimpl
+    def register_golden_checks(self, register):
+        register("fake", self.check)
+
+
+@pytest.fixture
+def with_plugin(monkeypatch):
+    def install(plugin):
+        plugins = plugin_manager.Plugins.discover()
+        plugins.add(plugin, "fake")
+        monkeypatch.setattr(plugin_manager, "_CACHE", plugins)
+        return plugins
+
+    return install
+
+
+def test_tolerance_forms():
+    assert tolerance(1e-4) == (1e-4, 0.0)
+    assert tolerance({"atol": 1e-4, "rtol": 1e-3}) == (1e-4, 1e-3)
+    with pytest.raises(Exception, match="tolerance"):
+        tolerance("tight")
+
+
+@pytest.mark.parametrize(
+    ("error", "drop", "ok"),
+    [(0.0, None, True), (5e-4, None, True), (2e-3, None, False), (0.0, "b", False)],
+)
+def test_deviation_against_tolerance(tmp_path, with_plugin, error, drop, ok):
+    # b = 10 with rtol 1e-3 → bound 0.01: a relative error of 5e-4 (0.005) passes, 2e-3 (0.02) fails;
+    # |a| ≤ 1 with atol 1e-3 behaves the same way
+    folder = make_fixture(tmp_path / "fx", compare={"a": 1e-3, "b": {"atol": 0.0, "rtol": 1e-3}})
+    result = check_fixture(folder, with_plugin(FakeFamily(error, drop)))
+    assert result.ok is ok
+    by_name = {c.name: c for c in result.comparisons}
+    if drop:
+        assert not by_name[drop].ok and "did not produce" in by_name[drop].detail
+    else:
+        assert by_name["b"].max_abs == pytest.approx(10 * error, rel=1e-3, abs=1e-6)  # float32 rounding
+
+
+def test_extra_checks_count(tmp_path, with_plugin):
+    folder = make_fixture(tmp_path / "fx")
+    result = check_fixture(folder, with_plugin(FakeFamily(extra=[("state_dict keys", False, "3 missing")])))
+    assert not result.ok and result.comparisons[-1].detail == "3 missing"
+
+
+def test_cli_exit_codes_and_report(tmp_path, with_plugin, capsys):
+    make_fixture(tmp_path / "root" / "one")
+    make_fixture(tmp_path / "root" / "other", family="nobody")
+    with_plugin(FakeFamily())
+    code, out, _ = run_cli(capsys, "check-golden", str(tmp_path / "root" / "one"))
+    assert code == 0 and "ok" in out and "1 passed, 0 failed" in out
+    code, out, _ = run_cli(capsys, "check-golden", str(tmp_path / "root"))  # finds both; 'nobody' has no plugin
+    assert code == 1 and "no installed plugin checks the family 'nobody'" in out
+    code, out, _ = run_cli(capsys, "check-golden", "--skip-missing", str(tmp_path / "root"))
+    assert code == 0 and "1 skipped" in out
+    with_plugin(FakeFamily(error=0.01))
+    code, out, _ = run_cli(capsys, "check-golden", str(tmp_path / "root" / "one"))
+    assert code == 1 and "FAIL" in out
+
+
+def test_cli_bad_folder_exits_2(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "check-golden", str(tmp_path / "missing"))
+    assert code == 2 and "does not exist" in " ".join(err.split())
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(capsys, "check-golden", str(tmp_path / "empty"))
+    assert code == 2 and "no fixture.json" in " ".join(err.split())
