@@ -32,6 +32,7 @@ class LoadRequest:
     allow_pickle: bool = False
     dtype: Any = None
     device: str = "cpu"
+    offline: bool | None = None  # for a plugin's own later fetches (e.g. a text encoder on a cache miss)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from .errors import WeightsUnavailable
 from .registry import Source
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
-SKIP_VARIANTS = ["*.fp16.*", "*.non_ema.*", "*.ema.*", "*.onnx", "*.msgpack", "*.h5", "*.ot"]
+SKIP_VARIANTS = ["*.fp16.*", "*.fp16-*", "*.non_ema.*", "*.ema.*", "*.onnx", "*.msgpack", "*.h5", "*.ot"]
 
 
 def patterns(folders: list[str] | None, allow_pickle: bool) -> list[str] | None:
@@ -106,7 +106,10 @@ def load_component(
         return cls.from_pretrained(folder, subfolder=subfolder, use_safetensors=True, **kwargs)
     pickles = sorted(p for p in where.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if not pickles:
-        raise WeightsUnavailable(f"{where} holds no weights (no .safetensors file)")
+        raise WeightsUnavailable(
+            f"{where} holds no weights (no .safetensors file). If its source has pickled .bin weights only, "
+            "they are downloaded and loaded only with --allow-pickle (allow_pickle=True)."
+        )
     if not allow_pickle:
         raise WeightsUnavailable(
             f"{where} holds only pickled weights ({', '.join(p.name for p in pickles)}). Pickles can run "
@@ -115,7 +118,13 @@ def load_component(
         )
     if len(pickles) > 1:
         raise WeightsUnavailable(f"{where} holds several pickles; convert the checkpoint to safetensors")
-    model = cls.from_config(cls.load_config(folder, subfolder=subfolder))
+    if hasattr(cls, "load_config"):  # diffusers
+        model = cls.from_config(cls.load_config(folder, subfolder=subfolder))
+    else:  # transformers: the model class is built from its config class
+        model = cls(cls.config_class.from_pretrained(where))
     state = torch.load(pickles[0], map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    # older checkpoints store buffers that are no longer persistent (e.g. CLIP's position_ids)
+    persistent = model.state_dict().keys()
+    stale = {name for name, _ in model.named_buffers()} - persistent
+    model.load_state_dict({k: v for k, v in state.items() if k not in stale})
     return model.to(dtype) if dtype is not None else model

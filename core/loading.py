@@ -120,6 +120,7 @@ def load(
         allow_pickle=allow_pickle,
         dtype=dtype,
         device=device,
+        offline=offline,
     )
     return Loaded(resolved, folder, resolve_ref(family.load)(request))
 

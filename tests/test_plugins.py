@@ -81,7 +81,7 @@ def test_env_var_restricts_plugins(broken_plugins, monkeypatch):
 def test_missing_family_names_the_broken_plugins(broken_plugins):
     plugins = Plugins.discover()
     with pytest.raises(plugin_manager.PluginError, match="broken_import"):
-        plugins.family("zero123")
+        plugins.family("no-such-family")
 
 
 def test_register_and_remove_a_plugin_object():
