@@ -128,3 +128,17 @@ def load_component(
     stale = {name for name, _ in model.named_buffers()} - persistent
     model.load_state_dict({k: v for k, v in state.items() if k not in stale})
     return model.to(dtype) if dtype is not None else model
+
+
+def folders_on_demand(request: Any, folders: list[str], purpose: str) -> Path:
+    """A folder holding `folders` for a component needed only sometimes (a prior's text encoder, on a
+    null-condition cache miss): for a hub source they are fetched now, at the pinned revision, into the
+    same snapshot; a local folder must already hold them. Raises WeightsUnavailable naming what is missing."""
+    folder = request.folder
+    source = request.entry.source
+    if source.repo is not None and not all((folder / f).is_dir() for f in folders):
+        folder = fetch(source, folders, offline=getattr(request, "offline", None), allow_pickle=request.allow_pickle)
+    missing = [f for f in folders if not (folder / f).is_dir()]
+    if missing:
+        raise WeightsUnavailable(f"{folder} has no {' or '.join(missing)} folder, needed for {purpose}")
+    return folder

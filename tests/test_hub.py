@@ -129,3 +129,43 @@ def test_local_and_package_sources(tmp_path):
     with pytest.raises(WeightsUnavailable, match="does not exist"):
         hub.fetch(Source(path=str(tmp_path / "nope")))
     assert hub.fetch(Source(package="priorswap", path="..")).is_dir()
+
+
+def test_a_stable_diffusion_prior_fetches_its_text_encoder_only_on_a_null_cache_miss(
+    monkeypatch, tmp_path, dit_folder, sd_folder
+):
+    """First load: unet+scheduler, then text_encoder+tokenizer (to encode ""); later: unet+scheduler only."""
+    monkeypatch.setenv("PRIORSWAP_CACHE", str(tmp_path / "cache"))
+    fetched, snapshot = [], tmp_path / "snapshot"
+
+    def fake_snapshot(repo, revision, allow_patterns, **kwargs):
+        """Like the hub cache: the snapshot folder accumulates the sub-folders fetched so far."""
+        folders = sorted({p.split("/")[0] for p in allow_patterns if "/" in p})
+        fetched.append(folders)
+        for name in folders:
+            if not (snapshot / name).exists():
+                shutil.copytree(sd_folder / name, snapshot / name)
+        shutil.copy(sd_folder / "model_index.json", snapshot / "model_index.json")
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    space = describe_vae(sd_folder / "vae")
+    reg = tmp_path / "sd.yaml"
+    reg.write_text(textwrap.dedent(f"""
+        version: 1
+        models:
+          tiny-sd:
+            plugin: stable_diffusion
+            roles: [prior]
+            source: {{repo: tiny-org/tiny-sd, revision: {COMMIT}}}
+            latent_space: {{channels: 4, scale: {space["scale"]}, downsample: 2, family: {space["family"]}}}
+            schedule: {{beta_schedule: scaled_linear, beta_start: 0.00085, beta_end: 0.012}}
+            resolution: 16
+    """))
+    first = priorswap.load_pair(str(dit_folder), prior="tiny-sd", registry_files=[str(reg)])
+    assert fetched == [["scheduler", "unet"], ["text_encoder", "tokenizer"]]
+    fetched.clear()
+    second = priorswap.load_pair(str(dit_folder), prior="tiny-sd", registry_files=[str(reg)])
+    assert fetched == [["scheduler", "unet"]]
+    a, b = first.prior.denoiser.null_condition(), second.prior.denoiser.null_condition()
+    assert torch.equal(a["encoder_hidden_states"], b["encoder_hidden_states"])

@@ -14,6 +14,7 @@ def register_denoisers(register):
             load="priorswap.plugins.stable_diffusion.denoiser:load",
             describe="priorswap.plugins.stable_diffusion.denoiser:describe",
             pipeline_classes=("StableDiffusionPipeline",),
-            folders={"prior": ["unet", "scheduler", "text_encoder", "tokenizer"]},
+            # text_encoder/ and tokenizer/ are fetched only when the null condition is not cached yet
+            folders={"prior": ["unet", "scheduler"]},
         )
     )

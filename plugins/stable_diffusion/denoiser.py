@@ -8,9 +8,11 @@ from pathlib import Path
 import torch
 
 from priorswap import Denoiser, DiscreteSchedule, LoadRequest
-from priorswap.hub import load_component
+from priorswap.hub import folders_on_demand, load_component
 from priorswap.nullcache import cached_null
 from priorswap.vae import describe_vae
+
+TEXT_FOLDERS = ["text_encoder", "tokenizer"]
 
 
 class StableDiffusionDenoiser(Denoiser):
@@ -54,7 +56,12 @@ def load(request: LoadRequest) -> StableDiffusionDenoiser:
     unet = load_component(
         UNet2DConditionModel, folder, "unet", allow_pickle=request.allow_pickle, dtype=request.dtype
     ).to(request.device)
-    null = cached_null(folder, "text:", lambda: encode_prompt(folder, ""))
+    # keyed on the UNet folder, so fetching the text encoder later does not change the key; the
+    # text encoder is fetched and loaded only on a cache miss (a later run never downloads it)
+    purpose = 'the null condition (the CLIP encoding of "") until it is cached'
+    null = cached_null(
+        folder / "unet", "text:", lambda: encode_prompt(folders_on_demand(request, TEXT_FOLDERS, purpose))
+    )
     scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     return StableDiffusionDenoiser(unet, null, scheduler_config, request)
 
