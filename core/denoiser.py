@@ -34,6 +34,14 @@ class Denoiser(ABC):
     scheduler_config: dict = {}  # noqa: RUF012  (the training scheduler's diffusers config)
     dtype: torch.dtype = torch.float32
     device: torch.device = torch.device("cpu")
+    rescale_space: Literal["x0", "output"] = "x0"
+    """Where guidance rescale acts: on x̂0, or on the network's own prediction (ε or v), as some official
+    samplers (DynamiCrafter) do."""
+
+    def x0_step_scale(self, t: float, t_prev: float | None) -> float:
+        """Factor on x̂0 (ε kept) in the DDIM step from timestep `t` to `t_prev` (None: the last step), for
+        models trained on per-timestep rescaled latents (DynamiCrafter, VideoCrafter2). Default 1."""
+        return 1.0
 
     @abstractmethod
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:

@@ -4,6 +4,7 @@ combine x̂0 predictions and step a diffusers scheduler."""
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -12,8 +13,9 @@ import torch
 from .adapters import Adapter
 from .conditions import Condition, concat, expand
 from .denoiser import Denoiser
-from .guidance import Branch, Guidance, Role
-from .parameterization import coefficients, convert_frame, from_x0
+from .errors import PriorswapError
+from .guidance import REFERENCE, Branch, Guidance, Role, rescale
+from .parameterization import coefficients, convert_frame, from_x0, to_x0
 from .schedules import TimestepMatch
 
 
@@ -94,7 +96,22 @@ class Sampler:
             label = "+".join(sorted({role for role, _ in branches}))
             self.forward_calls[label] = self.forward_calls.get(label, 0) + 1
             preds.update(zip(branches, x0.chunk(len(branches)), strict=True))
+        if model.rescale_space == "output" and self.guidance.rescale > 0.0:
+            return self._combine_rescaled_output(preds, x_in, sigma)
         return self.guidance.combine(preds, sigma)
+
+    def _combine_rescaled_output(self, preds: dict[Branch, torch.Tensor], x_in: torch.Tensor, sigma: float):
+        """Guidance rescale on the model's own prediction (ε or v) instead of x̂0 (`rescale_space="output"`)."""
+        model = self.routes["model"].denoiser
+        plain = self.guidance.with_options(rescale=0.0)
+        x0 = plain.combine(preds, sigma)
+        if len(plain.terms_at(sigma)) < 2:
+            return x0
+        finite = math.isinf(sigma) and model.parameterization == "epsilon"
+        a, b = coefficients(model.frame, model.schedule.sigma_max_finite if finite else sigma)
+        out = from_x0(model.parameterization, x0, x_in, a, b)
+        ref = from_x0(model.parameterization, preds[REFERENCE], x_in, a, b)
+        return to_x0(model.parameterization, rescale(out, ref, self.guidance.rescale), x_in, a, b)
 
     @torch.no_grad()
     def run(
@@ -109,11 +126,23 @@ class Sampler:
         sched.set_timesteps(steps, device=noise.device)
         x = noise * sched.init_noise_sigma
         prediction_type = getattr(sched.config, "prediction_type", None) or "flow"
-        for i, t in enumerate(sched.timesteps):
+        timesteps = sched.timesteps
+        for i, t in enumerate(timesteps):
             x_in = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
             sigma = self._model_sigma(t)
             x0 = self.step_x0(x_in, sigma, t)
             a, b = coefficients(model.frame, sigma)
+            t_prev = float(timesteps[i + 1]) if i + 1 < len(timesteps) else None
+            r = model.x0_step_scale(float(t), t_prev)
+            if r != 1.0:
+                # DDIM with x̂0 scaled by r and ε kept: step from the input whose (x̂0, ε) pair is (r·x̂0, ε)
+                if type(sched).__name__ != "DDIMScheduler":
+                    raise PriorswapError(
+                        f"{type(model).__name__} rescales x̂0 per timestep, which only the DDIM scheduler "
+                        "supports here; use --scheduler ddim"
+                    )
+                x = x + a * (r - 1.0) * x0
+                x_in, x0 = x, r * x0
             out = from_x0(prediction_type, x0, x_in, a, b)
             x = sched.step(out, t, x).prev_sample
             if callback is not None:

@@ -88,3 +88,34 @@ def test_zoo_page_table_is_rewritten_between_its_markers(tmp_path):
     page.write_text("no markers")
     with pytest.raises(ValueError, match="markers"):
         update_zoo_page(page, uncond, "a test")
+
+
+def test_results_page_renders_from_saved_numbers_with_verdict_counts(tmp_path):
+    from dataclasses import asdict
+
+    from priorswap.plugins.toy.evaluate import Record
+    from priorswap.plugins.toy.results import HEADLINE, TASK_MODELS, render_page
+
+    records = []
+    for model in TASK_MODELS:
+        for metric in HEADLINE[model]:
+            for gamma in (1.5, 3.0):
+                records.append(Record(model, "none", "cfg", gamma, metric, 10.0, 9.0, 11.0))
+                # the base swap is clearly higher (better except for FD), the no-adapter one overlaps CFG
+                records.append(Record(model, "toy-digits-base", "swap:toy-digits-base", gamma, metric, 20, 19, 21))
+                records.append(Record(model, "toy-digits-dit-v", "swap:toy-digits-dit-v (no adapters)", gamma,
+                                      metric, 10.5, 9.5, 11.5))
+    records.append(Record("toy-digits-base", "none", "unconditional", 0.0, "fd", 2.0, 1.5, 2.5))
+    (tmp_path / "results-toy").mkdir()
+    (tmp_path / "results-toy" / "results.json").write_text(json.dumps([asdict(r) for r in records]))
+    (tmp_path / "results-toy" / "run.json").write_text(json.dumps(
+        {"samples": 7, "seeds": [0, 1, 2], "steps": 5, "machine": "test", "minutes": 1.0}))
+    render_page(tmp_path / "results-toy.md")
+    page = (tmp_path / "results-toy.md").read_text()
+    assert "`priorswap toy results --samples 7 --seeds 0,1,2 --steps 5`" in page
+    # class: FD higher = worse (2), accuracy higher = better (2); view/edit: PSNR and SSIM better (4 each)
+    assert "| toy-digits-class | swap:toy-digits-base | 2 | 0 | 2 |" in page
+    assert "| toy-digits-view | swap:toy-digits-base | 4 | 0 | 0 |" in page
+    assert "| toy-digits-edit | swap:toy-digits-dit-v (no adapters) | 0 | 4 | 0 |" in page
+    assert "At least one swap beat CFG" in page and "worse than CFG in 0 of 12" in page
+    assert (tmp_path / "results-toy" / "toy-digits-view.png").stat().st_size > 1000

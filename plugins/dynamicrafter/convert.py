@@ -102,3 +102,122 @@ def load_checkpoint(path: Path, allow_pickle: bool = False) -> dict[str, dict[st
             "Extract its state_dict into a safetensors file with a trusted script first"
         ) from None
     return split_checkpoint(checkpoint)
+
+
+def save_folder(
+    parts: Mapping[str, Mapping[str, Any]],
+    out: Path,
+    preset: str,
+    unet_config: Mapping[str, Any],
+    image_proj_config: Mapping[str, Any] | None = None,
+    components: Mapping[str, Path] | None = None,
+) -> Path:
+    """Writes a loadable folder (layout: `denoiser.py`) from `split_checkpoint` parts.
+
+    `preset` names the diffusion settings (`presets.PRESETS`: dynamicrafter-256/-512/-1024/-512-interp,
+    videocrafter2); `unet_config` / `image_proj_config` are the `params` of the official yaml's
+    `unet_config` / `image_proj_stage_config`. `components` maps sub-folder names (text_encoder, tokenizer,
+    image_encoder, vae) to already converted diffusers/transformers folders, which are copied in.
+    """
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from .presets import LVDM_CONFIG, PRESETS
+
+    if preset not in PRESETS:
+        raise PriorswapError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    settings = PRESETS[preset]
+    dynamicrafter = settings["lvdm"]["family"] == "dynamicrafter"
+    if "unet" not in parts:
+        raise PriorswapError("the checkpoint has no UNet weights (model.diffusion_model.*)")
+    if dynamicrafter and ("image_proj" not in parts or image_proj_config is None):
+        raise PriorswapError(f"preset {preset} needs the Resampler weights (image_proj_model.*) and its config")
+    out = Path(out)
+
+    def write(name: str, config: Mapping[str, Any], state: Mapping[str, Any]) -> None:
+        (out / name).mkdir(parents=True, exist_ok=True)
+        (out / name / "config.json").write_text(json.dumps(dict(config), indent=1))
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, out / name / "model.safetensors")
+
+    write("unet", unet_config, parts["unet"])
+    if dynamicrafter:
+        write("image_proj", image_proj_config, parts["image_proj"])
+    (out / "scheduler").mkdir(parents=True, exist_ok=True)
+    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(settings["scheduler"], indent=1))
+    (out / "scheduler" / LVDM_CONFIG).write_text(json.dumps(settings["lvdm"], indent=1))
+    pipeline = "DynamiCrafterPipeline" if dynamicrafter else "VideoCrafterPipeline"
+    (out / "model_index.json").write_text(json.dumps({"_class_name": pipeline, "preset": preset}, indent=1))
+    for name, source in (components or {}).items():
+        shutil.copytree(source, out / name, dirs_exist_ok=True)
+    return out
+
+
+def convert_release(
+    checkpoint: Path,
+    preset: str,
+    out: Path,
+    *,
+    tokenizer: Path | None = None,
+    allow_pickle: bool = False,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Path:
+    """A released `model.ckpt` (or its safetensors conversion) → a loadable folder, all components included.
+
+    UNet / Resampler: the official configs (`presets.NETWORKS`); text / image encoders: OpenCLIP ViT-H/14 mapped
+    to transformers `CLIPTextModel` / `CLIPVisionModelWithProjection` (`openclip.py`); VAE: diffusers'
+    LDM→AutoencoderKL key conversion. `tokenizer` is a CLIPTokenizer folder (the checkpoint holds no vocabulary;
+    e.g. `tokenizer/` of an SD 2.x repo, which pads like OpenCLIP). `overrides` replaces configs by component
+    name (unet, image_proj, text_encoder, image_encoder, vae), for tests with tiny networks.
+    """
+    import shutil
+    import tempfile
+
+    from .openclip import for_model, text_to_transformers, vision_to_transformers
+    from .presets import NETWORKS, OPENCLIP_TEXT, OPENCLIP_VISION, PRESETS, RESAMPLER_FULL, SD_VAE
+
+    if preset not in PRESETS:
+        raise PriorswapError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    cfg = {"unet": NETWORKS[preset], "image_proj": RESAMPLER_FULL, "text_encoder": OPENCLIP_TEXT,
+           "image_encoder": OPENCLIP_VISION, "vae": SD_VAE, **(overrides or {})}
+    parts = load_checkpoint(Path(checkpoint), allow_pickle=allow_pickle)
+    with tempfile.TemporaryDirectory() as tmp:
+        comps: dict[str, Path] = {}
+        if "text_encoder" in parts:
+            from transformers import CLIPTextConfig, CLIPTextModel
+
+            model = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))
+            _load_mapped(model, for_model(text_to_transformers(parts["text_encoder"]), model), "text encoder")
+            model.save_pretrained(Path(tmp) / "text_encoder", safe_serialization=True)
+            comps["text_encoder"] = Path(tmp) / "text_encoder"
+        if "image_encoder" in parts and PRESETS[preset]["lvdm"]["family"] == "dynamicrafter":
+            from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+            model = CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg["image_encoder"]))
+            _load_mapped(model, vision_to_transformers(parts["image_encoder"]), "image encoder")
+            model.save_pretrained(Path(tmp) / "image_encoder", safe_serialization=True)
+            comps["image_encoder"] = Path(tmp) / "image_encoder"
+        if "vae" in parts:
+            from diffusers import AutoencoderKL
+            from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+            vae = AutoencoderKL(**cfg["vae"])
+            vae.load_state_dict(convert_ldm_vae_checkpoint(parts["vae"], vae.config))
+            vae.save_pretrained(Path(tmp) / "vae", safe_serialization=True)
+            comps["vae"] = Path(tmp) / "vae"
+        if tokenizer is not None:
+            comps["tokenizer"] = Path(tokenizer)
+        folder = save_folder(parts, out, preset, cfg["unet"], cfg["image_proj"], comps)
+    if tokenizer is None:
+        shutil.rmtree(folder / "tokenizer", ignore_errors=True)
+    return folder
+
+
+def _load_mapped(model: Any, state: Mapping[str, Any], what: str) -> None:
+    """Strict load except for non-persistent-in-checkpoint buffers (position_ids)."""
+    missing, unexpected = model.load_state_dict(dict(state), strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise PriorswapError(f"{what}: the mapped OpenCLIP weights do not fit (missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]})")

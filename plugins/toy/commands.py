@@ -101,9 +101,18 @@ def register(cli: typer.Typer) -> None:
         samples: Annotated[int, typer.Option(help="Samples per method, scale and seed.")] = 200,
         seeds: Annotated[str, typer.Option(help="Seeds, comma-separated.")] = "0,1,2",
         steps: Annotated[int, typer.Option(help="DDIM steps.")] = 25,
+        render_only: Annotated[
+            bool, typer.Option(help="Re-render the page from the saved results-toy/results.json, measure nothing.")
+        ] = False,
     ) -> None:
         """Regenerate docs/results-toy.md: every task × {CFG, swap base, swap DiT-v, swap DiT-v without
         adapters} × γ ∈ {1.25, 1.5, 2, 3}, plus each model's unconditional FD."""
-        from .results import write_page
+        from .results import render_page, write_page
 
+        if render_only:
+            if not (out.parent / "results-toy" / "results.json").is_file():
+                raise PriorswapError(f"no {out.parent / 'results-toy' / 'results.json'} to render: run without "
+                                     "--render-only first")
+            render_page(out)
+            return
         write_page(out, samples=samples, seeds=tuple(int(s) for s in _floats(seeds, "--seeds")), steps=steps)

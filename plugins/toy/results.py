@@ -87,56 +87,102 @@ def update_zoo_page(page: Path, uncond: list[Record], source: str) -> None:
 
 
 def write_page(out: Path, samples: int = 200, seeds: tuple[int, ...] = (0, 1, 2), steps: int = 25) -> None:
+    """Measures everything (minutes to an hour), saves results.json + run.json, renders the pages."""
     console = Console()
     start = time.perf_counter()
     reference = Reference()
     figures = out.parent / "results-toy"
     figures.mkdir(parents=True, exist_ok=True)
-    all_records: list[Record] = []
 
     console.print("unconditional sample quality")
-    uncond = [real_data_floor(reference=reference), real_data_floor(reference=reference, augmented=False)]
+    records = [real_data_floor(reference=reference), real_data_floor(reference=reference, augmented=False)]
     for model in (*PRIORS, *TASK_MODELS):
-        uncond.append(unconditional_fd(model, samples=samples, seeds=seeds, steps=steps, reference=reference))
-    all_records += uncond
+        records.append(unconditional_fd(model, samples=samples, seeds=seeds, steps=steps, reference=reference))
+    for model in TASK_MODELS:
+        records += evaluate(model, list(VARIANTS), list(GAMMAS), samples=samples, seeds=seeds, steps=steps,
+                            reference=reference, progress=lambda m: console.print(f"[dim]{m}[/]"))
+    run = {"samples": samples, "seeds": list(seeds), "steps": steps, "machine": platform.machine(),
+           "minutes": round((time.perf_counter() - start) / 60, 1)}
+    (figures / "results.json").write_text(json.dumps([asdict(r) for r in records], indent=1))
+    (figures / "run.json").write_text(json.dumps(run, indent=1))
+    render_page(out)
+    console.print(f"results → {out} ({run['minutes']} min)")
+
+
+def summary(records: list[Record]) -> list[str]:
+    """Counts of the swap-vs-CFG verdicts per task and method over γ and headline metrics."""
+    lines = ["| task | method | better | no clear difference | worse |", "|---|---|---|---|---|"]
+    any_better = False
+    for model in TASK_MODELS:
+        mine = [r for r in records if r.model == model]
+        counts: dict[str, dict[str, int]] = {}
+        for metric in HEADLINE[model]:
+            for line in verdicts(mine, metric):
+                method = line.split(", ", 1)[1].split(": ", 1)[0]
+                word = line.rsplit("**", 2)[1]
+                counts.setdefault(method, {"better": 0, "no clear difference": 0, "worse": 0})[word] += 1
+        for method, c in counts.items():
+            lines.append(f"| {model} | {method} | {c['better']} | {c['no clear difference']} | {c['worse']} |")
+            any_better |= c["better"] > 0 and "no adapters" not in method
+    ablation = [line for model in TASK_MODELS for metric in HEADLINE[model]
+                for line in verdicts([r for r in records if r.model == model], metric) if "no adapters" in line]
+    ablation_worse = sum("**worse**" in line for line in ablation)
+    verdict = ("At least one swap beat CFG somewhere (see the tables)." if any_better else
+               "**No swap variant beat plain CFG on any headline metric at any γ: at this scale the prior swap "
+               "does not help.**")
+    verdict += (f" Without the adapters the cross-architecture swap is worse than CFG in {ablation_worse} of "
+                f"{len(ablation)} comparisons.")
+    return [*lines, "", verdict]
+
+
+def render_page(out: Path) -> None:
+    """Writes the results page (and the zoo page's measured table) from results-toy/results.json and run.json."""
+    figures = out.parent / "results-toy"
+    records = [Record(**r) for r in json.loads((figures / "results.json").read_text())]
+    run = json.loads((figures / "run.json").read_text())
+    samples, seeds, steps = run["samples"], run["seeds"], run["steps"]
+    uncond = [r for r in records if r.guidance == 0.0 and r.method in ("data", "unconditional")]
     zoo_page = out.parent / "toy-zoo.md"
     if zoo_page.exists():
         update_zoo_page(zoo_page, uncond, f"`priorswap toy results` ({samples}×{len(seeds)} samples, DDIM {steps})")
-
     sections = []
     for model in TASK_MODELS:
-        records = evaluate(model, list(VARIANTS), list(GAMMAS), samples=samples, seeds=seeds, steps=steps,
-                           reference=reference, progress=lambda m: console.print(f"[dim]{m}[/]"))
-        all_records += records
-        plot(records, figures / f"{model}.png", model)
-        lines = [markdown(records, model), f"![{model}](results-toy/{model}.png)", "", "Swap vs CFG (95 % CIs):", ""]
+        mine = [r for r in records if r.model == model]
+        plot(mine, figures / f"{model}.png", model)
+        lines = [markdown(mine, model), f"![{model}](results-toy/{model}.png)", "", "Swap vs CFG (95 % CIs):", ""]
         for metric in HEADLINE[model]:
-            lines += verdicts(records, metric)
-        sections.append("\n".join(lines))
-
-    (figures / "results.json").write_text(json.dumps([asdict(r) for r in all_records], indent=1))
-    minutes = (time.perf_counter() - start) / 60
+            lines += verdicts(mine, metric)
+        sections.append("\n".join(lines) + "\n")
     cmd = f"priorswap toy results --samples {samples} --seeds {','.join(map(str, seeds))} --steps {steps}"
     page = [
         "# Toy results: does the prior swap help at toy scale?",
         "",
-        f"Generated by `{cmd}` ({minutes:.0f} min on {platform.machine()}, "
-        f"{len(seeds)} seeds × {samples} samples per method and γ, DDIM {steps} steps). Every number below comes from "
-        "that command; `docs/results-toy/results.json` holds them all. FD = Fréchet distance between Gaussian fits of "
-        "the toy classifier's penultimate features of the samples and of the held-out real digits (lower is better); "
-        "accuracy = the classifier agrees with the requested class (class task) or the source digit's class (view "
-        "and edit tasks); PSNR/SSIM against the exact transform of the source. Intervals: 95 % bootstrap over the "
-        "pooled samples of all seeds (FD intervals re-centred on the estimate, as resampling with replacement "
-        "inflates FD).",
+        f"Generated by `{cmd}` ({run['minutes']:.0f} min on {run['machine']}, "
+        f"{len(seeds)} seeds × {samples} samples per method and γ, DDIM {steps} steps; "
+        "`priorswap toy results --render-only` re-renders this page from the saved numbers). Every number below "
+        "comes from that command; `docs/results-toy/results.json` holds them all. FD = Fréchet distance between "
+        "Gaussian fits of the toy classifier's penultimate features of the samples and of the held-out real digits "
+        "(lower is better); accuracy = the classifier agrees with the requested class (class task) or the source "
+        "digit's class (view and edit tasks); PSNR/SSIM against the exact transform of the source. Intervals: 95 % "
+        "bootstrap over the pooled samples of all seeds (FD intervals re-centred on the estimate, as resampling with "
+        "replacement inflates FD).",
         "",
         "Methods: `cfg` = plain CFG of the fine-tuned model; `swap:toy-digits-base` = the unconditional branch from "
         "the base UNet (same architecture, schedule, parameterization); `swap:toy-digits-dit-v` = from the DiT with "
         "v-prediction and a cosine schedule (cross-architecture: σ-matching and v→x̂0 conversion inserted); "
         "`(no adapters)` = the same DiT fed the model's raw timestep and read as ε — what the adapters are worth.",
         "",
+        "## Summary",
+        "",
+        "Swap vs CFG verdicts, counted over γ ∈ {1.25, 1.5, 2, 3} and the headline metrics (class: FD, accuracy; "
+        "view and edit: PSNR, SSIM); *better*/*worse* only where the 95 % CIs do not overlap.",
+        "",
+        *summary(records),
+        "",
         "## How degraded is the fine-tuned models' own prior?",
         "",
-        "Unconditional samples (the null branch alone, γ = 0):",
+        "Unconditional samples (the null branch alone, γ = 0). The method assumes the prior is clearly better "
+        "than the fine-tuned model's own null branch; compare the rows:",
         "",
         "| model | FD [95 % CI] |",
         "|---|---|",
@@ -144,5 +190,4 @@ def write_page(out: Path, samples: int = 200, seeds: tuple[int, ...] = (0, 1, 2)
         "",
         *sections,
     ]
-    out.write_text("\n".join(page) + "\n")
-    console.print(f"results → {out} ({minutes:.1f} min)")
+    out.write_text("\n".join(page))

@@ -1,0 +1,62 @@
+"""`priorswap video`: sample a DynamiCrafter / VideoCrafter2 model and write MP4, GIF and a frame-strip PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from priorswap.errors import PriorswapError
+
+
+def register(cli: typer.Typer) -> None:
+    """Adds `video` to the `priorswap` app (called from the plugin's register_commands hook)."""
+
+    @cli.command()
+    def video(
+        model: Annotated[str, typer.Option(help="DynamiCrafter / VideoCrafter folder or registry id.")],
+        prompt: Annotated[str, typer.Option(help="Text prompt.")],
+        out: Annotated[Path, typer.Option(help="MP4 file; a .gif and a frame-strip .png are written beside it.")],
+        image: Annotated[Path | None, typer.Option(help="First frame (image-to-video).")] = None,
+        end_image: Annotated[Path | None, typer.Option(help="Last frame (interpolation checkpoint).")] = None,
+        prior: Annotated[str | None, typer.Option(help="Prior (VideoCrafter2) folder or registry id.")] = None,
+        method: Annotated[str | None, typer.Option(help="cfg, prior-swap, dual-cfg, dual-prior-swap, ...")] = None,
+        guidance: Annotated[float | None, typer.Option(help="Text guidance scale γT.")] = None,
+        image_guidance: Annotated[float | None, typer.Option(help="Image guidance scale γI (dual).")] = None,
+        rescale: Annotated[float | None, typer.Option(help="Guidance rescale φ (default: the model's).")] = None,
+        frames: Annotated[int | None, typer.Option(help="Number of frames (default: the model's).")] = None,
+        fs: Annotated[int | None, typer.Option(help="Frame stride / frame rate condition.")] = None,
+        steps: Annotated[int, typer.Option(help="DDIM steps.")] = 50,
+        seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+        video_fps: Annotated[int, typer.Option(help="Playback frame rate of the files.")] = 8,
+        allow_pickle: Annotated[bool, typer.Option(help="Allow pickled weights.")] = False,
+        device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+    ) -> None:
+        """Image-to-video (DynamiCrafter, dual guidance) or text-to-video (VideoCrafter2) to MP4 + GIF + PNG."""
+        if out.suffix.lower() != ".mp4":
+            raise PriorswapError(f"--out must be an .mp4 file, got {out}")
+        from priorswap.api import load_pair
+
+        from .video import frame_strip, save_video
+
+        pair = load_pair(model, prior, allow_pickle=allow_pickle, device=device)
+        inputs = {"prompt": prompt, "frames": frames, "fs": fs}
+        if pair.task.name == "image-to-video":
+            if image is None:
+                raise PriorswapError("image-to-video needs --image")
+            inputs.update(image=image, end_image=end_image)
+        elif image is not None or end_image is not None:
+            raise PriorswapError(f"'{model}' is a text-to-video model: it takes no --image / --end-image")
+        phi = pair.model.denoiser.lvdm.get("guidance_rescale", 0.0) if rescale is None else rescale
+        rule = pair.guidance_for(method, guidance, image_guidance).with_options(rescale=phi)
+        result = pair.sample(inputs, guidance=rule, steps=steps, seed=seed, decode=False)
+        videos = pair.task.decode_video(result.latents)
+        for i, clip in enumerate(videos):
+            stem = out.with_suffix("") if len(videos) == 1 else out.with_name(f"{out.stem}-{i}")
+            for suffix in (".mp4", ".gif"):
+                save_video(clip, stem.with_suffix(suffix), fps=video_fps)
+        from priorswap.media import save_grid
+
+        save_grid(frame_strip(videos), out.with_suffix(".png"), columns=1)
+        typer.echo(f"{rule.name}: {len(videos)} video(s) → {out} (+ .gif, .png)")
