@@ -23,8 +23,8 @@ def register(cli: typer.Typer) -> None:
     @cli.command()
     def demo(
         out: Annotated[Path, typer.Option(help="PNG file for the labelled grid.")] = Path("priorswap-demo.png"),
-        samples: Annotated[int, typer.Option(help="Samples per method for the metrics table.")] = 80,
-        steps: Annotated[int, typer.Option(help="DDIM steps.")] = 20,
+        samples: Annotated[int, typer.Option(help="Samples per method for the metrics table.")] = 64,
+        steps: Annotated[int, typer.Option(help="DDIM steps.")] = 15,
         seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     ) -> None:
         """The main job: CFG vs prior swap on the shipped toy models (offline, about a minute)."""

@@ -61,7 +61,7 @@ def _stack(blocks: list[Image.Image]) -> Image.Image:
     return out
 
 
-def grid(seed: int = 0, steps: int = 20, source_index: int = 13) -> Image.Image:
+def grid(seed: int = 0, steps: int = 15, source_index: int = 13) -> Image.Image:
     """The demo picture: rows CFG / swap-base / swap-DiT-v; columns the ten classes, then the view angles."""
     class_rows, view_rows = [], []
     angles = [float(a) for a in data.VIEW_ANGLES_EVAL]
@@ -107,7 +107,7 @@ def metrics_table(records: list, model: str):
     return table
 
 
-def run(out: Path, samples: int = 80, steps: int = 20, seed: int = 0, console=None) -> list:
+def run(out: Path, samples: int = 64, steps: int = 15, seed: int = 0, console=None) -> list:
     """Writes the grid to `out` and returns the metric records (also printed as a table)."""
     from rich.console import Console
 
