@@ -126,11 +126,13 @@ class Pair:
         callback: Callable[[StepInfo], None] | None = None,
         decode: bool = True,
         num_samples: int = 1,
+        eta: float | None = None,
         **task_inputs: Any,
     ) -> SampleResult:
         """Samples the model's task. `guidance` is a Guidance or a method name (cfg, prior-swap,
         autoguidance, dual-cfg, dual-prior-swap); task inputs come as a TaskInputs, a dict or keywords.
-        `num_samples` draws that many samples per task input (rows ordered input by input)."""
+        `num_samples` draws that many samples per task input (rows ordered input by input). `eta`: DDIM
+        stochasticity (default: the registry's recommendation, usually 0)."""
         if num_samples < 1:
             raise PriorswapError(f"num_samples must be at least 1, got {num_samples}")
         rec = self.model.resolved.entry.recommended
@@ -156,7 +158,8 @@ class Pair:
 
         noise = randn_tensor(shape, generator=generator, dtype=model.dtype)
         sampler = Sampler(self.routes, conditions, rule, sched)
-        latents = sampler.run(noise.to(model.device), steps, callback)
+        eta = rec.eta if eta is None else eta
+        latents = sampler.run(noise.to(model.device), steps, callback, eta=eta, generator=generator)
         images = self.task.decode(latents) if decode else None
         return SampleResult(latents, images, rule, seed, steps, dict(sampler.forward_calls))
 

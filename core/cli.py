@@ -179,6 +179,8 @@ def sample(
     seeds: Annotated[str | None, typer.Option(help="Several seeds, comma-separated (overrides --seed).")] = None,
     num_samples: Annotated[int, typer.Option(help="Samples per task input and seed.")] = 1,
     scheduler: Annotated[str | None, typer.Option(help="ddim (default), euler or native.")] = None,
+    eta: Annotated[float | None, typer.Option(help="DDIM η: 0 deterministic, 1 stochastic (default: registry).")]
+    = None,
     match: Annotated[str, typer.Option(help="σ-matching for priors on another schedule: continuous or nearest.")]
     = "continuous",
     out: Annotated[Path | None, typer.Option(help="PNG file for the decoded images (a grid if several).")] = None,
@@ -239,7 +241,7 @@ def sample(
         label = f"{rule.name} γ={rule.terms[0].weight:g}" + (f" seed {s}" if len(seed_list) > 1 else "")
         with progress_callback(n_steps, label, err) as callback:
             result = pair.sample(inputs, guidance=rule, steps=n_steps, seed=s, scheduler=scheduler,
-                                 callback=callback, decode=decode, num_samples=num_samples)
+                                 callback=callback, decode=decode, num_samples=num_samples, eta=eta)
         if decode and result.images is None:
             raise PriorswapError(f"'{model}' has no decoder (vae/ folder); use --save-latents instead")
         latents.append(result.latents.float().cpu())

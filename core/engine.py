@@ -119,9 +119,17 @@ class Sampler:
         noise: torch.Tensor,
         steps: int,
         callback: Callable[[StepInfo], None] | None = None,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Samples from `noise` (unit variance) in `steps` scheduler steps; returns the final latent."""
+        """Samples from `noise` (unit variance) in `steps` scheduler steps; returns the final latent.
+        `eta` > 0 makes DDIM stochastic (its step noise drawn from `generator`, as diffusers pipelines do)."""
         sched = self.scheduler
+        step_kwargs = {}
+        if eta:
+            if type(sched).__name__ != "DDIMScheduler":
+                raise PriorswapError(f"eta={eta:g} needs the DDIM scheduler (got {type(sched).__name__})")
+            step_kwargs = {"eta": eta, "generator": generator}
         model = self.routes["model"].denoiser
         sched.set_timesteps(steps, device=noise.device)
         x = noise * sched.init_noise_sigma
@@ -144,7 +152,7 @@ class Sampler:
                 x = x + a * (r - 1.0) * x0
                 x_in, x0 = x, r * x0
             out = from_x0(prediction_type, x0, x_in, a, b)
-            x = sched.step(out, t, x).prev_sample
+            x = sched.step(out, t, x, **step_kwargs).prev_sample
             if callback is not None:
                 callback(StepInfo(i, len(sched.timesteps), float(t), sigma, x, x0))
         return x

@@ -92,6 +92,7 @@ class Recommended(Strict):
     guidance: float = 1.5
     image_guidance: float | None = None
     scheduler: Literal["ddim", "euler", "native"] = "ddim"
+    eta: float = Field(0.0, ge=0.0, le=1.0)  # DDIM stochasticity (0: deterministic DDIM, 1: DDPM-like)
 
 
 class ModelEntry(Strict):

@@ -105,13 +105,14 @@ def wide_png(tmp_path_factory) -> Path:
     return write_png(tmp_path_factory.mktemp("img") / "wide.png", 18, 12, seed=1)
 
 
-def pipeline_latents(folder, png, prompt, text_scale, image_scale, steps, seed, dtype=torch.float64):
+def pipeline_latents(folder, png, prompt, text_scale, image_scale, steps, seed, dtype=torch.float64, eta=0.0):
     pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(folder, torch_dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     with Image.open(png) as img:
         out = pipe(
             prompt, image=img.convert("RGB"), num_inference_steps=steps, guidance_scale=text_scale,
             image_guidance_scale=image_scale, generator=torch.Generator().manual_seed(seed), output_type="latent",
+            eta=eta,
         )
     return out.images
 
@@ -137,6 +138,20 @@ def test_dual_cfg_reproduces_the_pipeline_float64(plugins, ip2p_folder, square_p
     assert out.latents.dtype == torch.float64 and out.latents.shape == ref.shape == (1, 4, 8, 8)
     assert (out.latents - ref).abs().max().item() < 1e-5
     assert out.forward_calls == {"model": 10}  # the three branches share one batched forward per step
+
+
+def test_stochastic_ddim_eta_reproduces_the_pipeline(plugins, ip2p_folder, square_png):
+    """η = 1: DDIM's step noise comes from the same generator as the initial noise, as in the pipeline."""
+    ref = pipeline_latents(ip2p_folder, square_png, "a cat", 3.0, 1.5, steps=10, seed=0, eta=1.0)
+    pair = priorswap.load_pair(str(ip2p_folder), plugins=plugins, dtype=torch.float64)
+    out = pair.sample(image=square_png, prompt="a cat", guidance="dual-cfg", scale=3.0, image_scale=1.5,
+                      steps=10, seed=0, decode=False, eta=1.0)
+    assert (out.latents - ref).abs().max().item() < 1e-5
+    deterministic = pair.sample(image=square_png, prompt="a cat", guidance="dual-cfg", scale=3.0, image_scale=1.5,
+                                steps=10, seed=0, decode=False)
+    assert (out.latents - deterministic.latents).abs().max().item() > 1e-2  # η actually changed the run
+    with pytest.raises(priorswap.PriorswapError, match="needs the DDIM scheduler"):
+        pair.sample(image=square_png, prompt="a cat", steps=2, seed=0, decode=False, eta=1.0, scheduler="euler")
 
 
 def test_own_size_and_several_prompts_reproduce_the_pipeline(plugins, ip2p_folder, wide_png):

@@ -28,6 +28,7 @@ def register(cli: typer.Typer) -> None:
         frames: Annotated[int | None, typer.Option(help="Number of frames (default: the model's).")] = None,
         fs: Annotated[int | None, typer.Option(help="Frame stride / frame rate condition.")] = None,
         steps: Annotated[int, typer.Option(help="DDIM steps.")] = 50,
+        eta: Annotated[float, typer.Option(help="DDIM η (the official samplers use 1).")] = 1.0,
         seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
         video_fps: Annotated[int, typer.Option(help="Playback frame rate of the files.")] = 8,
         allow_pickle: Annotated[bool, typer.Option(help="Allow pickled weights.")] = False,
@@ -50,7 +51,7 @@ def register(cli: typer.Typer) -> None:
             raise PriorswapError(f"'{model}' is a text-to-video model: it takes no --image / --end-image")
         phi = pair.model.denoiser.lvdm.get("guidance_rescale", 0.0) if rescale is None else rescale
         rule = pair.guidance_for(method, guidance, image_guidance).with_options(rescale=phi)
-        result = pair.sample(inputs, guidance=rule, steps=steps, seed=seed, decode=False)
+        result = pair.sample(inputs, guidance=rule, steps=steps, seed=seed, decode=False, eta=eta)
         videos = pair.task.decode_video(result.latents)
         for i, clip in enumerate(videos):
             stem = out.with_suffix("") if len(videos) == 1 else out.with_name(f"{out.stem}-{i}")
