@@ -132,3 +132,18 @@ def test_compatibility_is_computed(tmp_path):
     assert not plans["flux-like"].ok and "latent spaces differ" in plans["flux-like"].reason
     assert not plans["video-prior"].ok and "video" in plans["video-prior"].reason
     assert "dit-xl-2-256" not in plans
+
+
+def test_an_image_conditioned_unet_in_a_stable_diffusion_folder_is_named(tmp_path, sd_folder, capsys):
+    """MagicBrush-style folders say StableDiffusionPipeline but hold an 8-channel UNet: refuse with a hint."""
+    import json
+    import shutil
+
+    from clihelp import run_cli
+
+    folder = tmp_path / "magicbrush-like"
+    shutil.copytree(sd_folder, folder)
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    (folder / "unet" / "config.json").write_text(json.dumps({**config, "in_channels": 8}))
+    code, _, err = run_cli(capsys, "pairs", str(folder))
+    assert code == 2 and "8 input channels" in " ".join(err.split()) and "instruct_pix2pix" in err

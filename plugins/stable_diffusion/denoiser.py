@@ -71,6 +71,15 @@ def describe(folder: Path) -> dict:
     from priorswap.loading import schedule_fields
 
     ucfg = json.loads((folder / "unet" / "config.json").read_text())
+    if ucfg.get("in_channels", 4) != ucfg.get("out_channels", 4):
+        from priorswap.errors import PriorswapError
+
+        raise PriorswapError(
+            f"{folder} names StableDiffusionPipeline, but its UNet takes {ucfg['in_channels']} input channels for "
+            f"{ucfg.get('out_channels', 4)} output channels: an image-conditioned fine-tune (e.g. MagicBrush, an "
+            "InstructPix2Pix model). Give it a registry entry with the right plugin (plugin: instruct_pix2pix; "
+            "see docs/registry.md) or use its registry id (e.g. magicbrush)."
+        )
     scfg = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     space = describe_vae(folder / "vae")
     return {
