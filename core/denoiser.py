@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from .conditions import Condition
 from .latents import LatentSpace
 from .parameterization import coefficients, convert_frame, frame_of, to_x0
-from .schedules import Schedule, TimestepMatch
+from .schedules import DiscreteSchedule, Schedule, TimestepMatch
 
 Modality = Literal["image", "video"]
 
@@ -42,6 +42,19 @@ class Denoiser(ABC):
         """Factor on x̂0 (ε kept) in the DDIM step from timestep `t` to `t_prev` (None: the last step), for
         models trained on per-timestep rescaled latents (DynamiCrafter, VideoCrafter2). Default 1."""
         return 1.0
+
+    def init_discrete(self, net: torch.nn.Module, scheduler_config: dict, request: Any) -> None:
+        """Sets what a network trained on a diffusers discrete schedule shares: `net` (frozen, eval),
+        latent space and resolution from the load request, schedule and parameterization from the
+        scheduler config, dtype and device from the network."""
+        self.net = net.eval().requires_grad_(False)
+        self.latent_space = request.latent_space
+        self.scheduler_config = dict(scheduler_config)
+        self.schedule = DiscreteSchedule.from_scheduler_config(self.scheduler_config)
+        self.parameterization = self.scheduler_config.get("prediction_type", "epsilon")
+        self.resolution = request.entry.resolution
+        self.dtype = net.dtype
+        self.device = net.device
 
     @abstractmethod
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:

@@ -426,7 +426,7 @@ def test_convert_release_end_to_end(tmp_path, folders):
     loaded = load_pair(str(out))
     model = loaded.model.denoiser
     torch.testing.assert_close(model.net.state_dict()["out.2.weight"], unet.state_dict()["out.2.weight"])
-    q = model._text_encoder()[1].state_dict()
+    q = model.text.parts()[1].state_dict()
     key = next(k for k in q if k.endswith("layers.1.self_attn.v_proj.weight"))
     torch.testing.assert_close(q[key], text.transformer.resblocks[1]["attn"].in_proj_weight[2 * CTX:])
     res = loaded.sample({"image": folders["image"], "prompt": "a cat"}, steps=1, decode=False)

@@ -28,6 +28,7 @@ from priorswap import Denoiser, DiscreteSchedule, LoadRequest, PriorswapError
 from priorswap.errors import WeightsUnavailable
 from priorswap.hub import folders_on_demand, load_component
 from priorswap.nullcache import cached_null
+from priorswap.text_encoders import ClipTextEncoder
 
 from .presets import LVDM_CONFIG
 from .resampler import Resampler
@@ -95,7 +96,7 @@ class LvdmDenoiser(Denoiser):
         self.rescale_space = "output"
         param = next(unet.parameters())
         self.dtype, self.device = param.dtype, param.device
-        self._text: tuple | None = None
+        self._text: ClipTextEncoder | None = None
         self._empty: torch.Tensor | None = None
 
     # -- the network ---------------------------------------------------------------------------------
@@ -125,33 +126,22 @@ class LvdmDenoiser(Denoiser):
         return torch.full((batch,), self.default_fs if fs is None else int(fs), dtype=torch.long, device=self.device)
 
     # -- text ----------------------------------------------------------------------------------------
-    def _text_encoder(self) -> tuple:
+    @property
+    def text(self) -> ClipTextEncoder:
+        """The text encoder (fetched and loaded on the first prompt that is not cached)."""
         if self._text is None:
-            from transformers import CLIPTextModel, CLIPTokenizer
-
-            folder = folders_on_demand(self.request, ["text_encoder", "tokenizer"], "encoding prompts")
-            tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
-            encoder = load_component(
-                CLIPTextModel, folder, "text_encoder", allow_pickle=self.allow_pickle, dtype=self.dtype
-            ).to(self.device)
-            self._text = (tokenizer, encoder.eval().requires_grad_(False))
+            self._text = ClipTextEncoder(
+                lambda: folders_on_demand(self.request, ["text_encoder", "tokenizer"], "encoding prompts"),
+                allow_pickle=self.allow_pickle, dtype=self.dtype, device=self.device,
+                layer=self.lvdm.get("text_layer", "penultimate"),
+            )
         return self._text
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """OpenCLIP-style text tokens (B, 77, D): the penultimate layer's hidden states + the final LayerNorm."""
-        tokenizer, encoder = self._text_encoder()
-        ids = tokenizer(
-            prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-        ).input_ids.to(encoder.device)
-        out = encoder(ids, output_hidden_states=True)
-        if self.lvdm.get("text_layer", "penultimate") == "penultimate":
-            # transformers ≥ 5 flattened CLIPTextModel (no `.text_model`)
-            final_norm = getattr(encoder, "text_model", encoder).final_layer_norm
-            hidden = final_norm(out.hidden_states[-2])
-        else:
-            hidden = out.last_hidden_state
-        return hidden.to(self.device, self.dtype)
+        """OpenCLIP-style text tokens (B, 77, D): the penultimate layer's hidden states + the final LayerNorm
+        (or the last layer's, when the config says `text_layer: last`)."""
+        return self.text.encode(prompts).to(self.device, self.dtype)
 
     def empty_prompt(self) -> torch.Tensor:
         """The encoding of "" (1, 77, D), cached on disk (the text encoder is then not loaded again)."""

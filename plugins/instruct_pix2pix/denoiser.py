@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
-from priorswap import Denoiser, DiscreteSchedule, LoadRequest, PriorswapError
+from priorswap import Denoiser, LoadRequest, PriorswapError
 from priorswap.hub import load_component
 from priorswap.nullcache import cached_null
+from priorswap.text_encoders import ClipTextEncoder
 from priorswap.vae import describe_vae
 
 RECOMMENDED = {"steps": 100, "guidance": 7.5, "image_guidance": 1.5, "scheduler": "ddim"}
@@ -26,23 +27,15 @@ class InstructPix2PixDenoiser(Denoiser):
     """
 
     def __init__(self, unet, scheduler_config: dict, request: LoadRequest) -> None:
-        self.net = unet.eval().requires_grad_(False)
         self.folder = Path(request.folder)
         self.allow_pickle = request.allow_pickle
-        self.latent_space = request.latent_space
         check_channels(unet.config.in_channels, request.latent_space.channels, self.folder)
-        config = dict(scheduler_config)
         # A latent model never clips x̂0 to [-1, 1]; DDIM's defaults would when the config (an
         # Euler-ancestral one, say) does not name these keys.
-        config.setdefault("clip_sample", False)
-        config.setdefault("set_alpha_to_one", False)
-        self.scheduler_config = config
-        self.schedule = DiscreteSchedule.from_scheduler_config(config)
-        self.parameterization = config.get("prediction_type", "epsilon")
-        self.resolution = request.entry.resolution
-        self.dtype = unet.dtype
-        self.device = unet.device
-        self._text: tuple | None = None
+        config = {"clip_sample": False, "set_alpha_to_one": False, **scheduler_config}
+        self.init_discrete(unet, config, request)
+        self.text = ClipTextEncoder(self.folder, allow_pickle=request.allow_pickle, dtype=unet.dtype,
+                                    device=unet.device)
         self._empty: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
@@ -61,25 +54,10 @@ class InstructPix2PixDenoiser(Denoiser):
         image = torch.zeros(1, self.latent_space.channels, size, size, device=self.device, dtype=self.dtype)
         return {"encoder_hidden_states": self.empty_prompt(), "image_latents": image}
 
-    def _text_encoder(self) -> tuple:
-        if self._text is None:
-            from transformers import CLIPTextModel, CLIPTokenizer
-
-            tokenizer = CLIPTokenizer.from_pretrained(self.folder, subfolder="tokenizer")
-            encoder = load_component(
-                CLIPTextModel, self.folder, "text_encoder", allow_pickle=self.allow_pickle, dtype=self.dtype
-            ).to(self.device)
-            self._text = (tokenizer, encoder.eval().requires_grad_(False))
-        return self._text
-
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """CLIP hidden states (B, tokens, dim) of `prompts`, padded to the tokenizer's max length."""
-        tokenizer, encoder = self._text_encoder()
-        ids = tokenizer(
-            prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-        ).input_ids
-        return encoder(ids.to(encoder.device))[0].to(self.device, self.dtype)
+        return self.text.encode(prompts).to(self.device, self.dtype)
 
     def empty_prompt(self) -> torch.Tensor:
         """The encoding of "" (1, tokens, dim): the text null condition (cached on disk)."""

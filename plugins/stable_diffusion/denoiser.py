@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torch
 
-from priorswap import Denoiser, DiscreteSchedule, LoadRequest
+from priorswap import Denoiser, LoadRequest
 from priorswap.hub import folders_on_demand, load_component
 from priorswap.nullcache import cached_null
+from priorswap.text_encoders import ClipTextEncoder
 from priorswap.vae import describe_vae
 
 TEXT_FOLDERS = ["text_encoder", "tokenizer"]
@@ -19,15 +20,8 @@ class StableDiffusionDenoiser(Denoiser):
     """UNet2DConditionModel; conditions are CLIP text hidden states (`encoder_hidden_states`)."""
 
     def __init__(self, unet, null_embedding: torch.Tensor, scheduler_config: dict, request: LoadRequest) -> None:
-        self.net = unet.eval().requires_grad_(False)
+        self.init_discrete(unet, scheduler_config, request)
         self.null_embedding = null_embedding.to(unet.device, unet.dtype)
-        self.latent_space = request.latent_space
-        self.scheduler_config = dict(scheduler_config)
-        self.schedule = DiscreteSchedule.from_scheduler_config(scheduler_config)
-        self.parameterization = scheduler_config.get("prediction_type", "epsilon")
-        self.resolution = request.entry.resolution
-        self.dtype = unet.dtype
-        self.device = unet.device
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         return self.net(x, t, encoder_hidden_states=cond["encoder_hidden_states"]).sample
@@ -38,15 +32,7 @@ class StableDiffusionDenoiser(Denoiser):
 
 def encode_prompt(folder: Path, prompt: str = "") -> torch.Tensor:
     """CLIP text hidden states of `prompt`, padded to the tokenizer's max length (as the pipelines do)."""
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
-    encoder = load_component(CLIPTextModel, folder, "text_encoder")
-    ids = tokenizer(
-        prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
-    with torch.no_grad():
-        return encoder(ids)[0]
+    return ClipTextEncoder(folder).encode([prompt])
 
 
 def load(request: LoadRequest) -> StableDiffusionDenoiser:

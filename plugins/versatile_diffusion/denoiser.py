@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from priorswap import Denoiser, DiscreteSchedule, LoadRequest, PriorswapError
+from priorswap import Denoiser, LoadRequest, PriorswapError
 from priorswap.hub import fetch, load_component
 from priorswap.nullcache import cached_null
 from priorswap.vae import describe_vae
@@ -88,17 +88,10 @@ class VersatileDiffusionDenoiser(Denoiser):
     def __init__(
         self, unet, encoder: ImageEncoder, null: torch.Tensor, scheduler_config: dict, request: LoadRequest
     ) -> None:
-        self.net = unet.eval().requires_grad_(False)
+        self.init_discrete(unet, scheduler_config, request)
         self.encoder = encoder
         self.null_embedding = null.to(unet.device, unet.dtype)
         self.allow_pickle = request.allow_pickle
-        self.latent_space = request.latent_space
-        self.scheduler_config = dict(scheduler_config)
-        self.schedule = DiscreteSchedule.from_scheduler_config(scheduler_config)
-        self.parameterization = scheduler_config.get("prediction_type", "epsilon")
-        self.resolution = request.entry.resolution
-        self.dtype = unet.dtype
-        self.device = unet.device
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         return self.net(x, t, encoder_hidden_states=cond["encoder_hidden_states"]).sample
