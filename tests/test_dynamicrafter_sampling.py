@@ -501,3 +501,30 @@ def test_interpolation_checkpoint_samples(folders, tmp_path):
     assert torch.isfinite(out.latents).all() and out.latents.shape == (1, 4, FRAMES, 8, 8)
     with pytest.raises(PriorswapError, match="end-image"):
         pair.sample({"image": folders["image"], "prompt": "a cat"}, steps=1)
+
+
+def test_an_image_prior_frame_by_frame(folders, sd_folder, capsys):
+    """A Stable Diffusion UNet as the prior of a video model: each frame is denoised on its own (the
+    cross-modality pair), with σ-matching from the zero-SNR v schedule to the prior's ε schedule."""
+    from clihelp import run_cli
+
+    code, out, err = run_cli(capsys, "pairs", str(folders["dc512"]), "--prior", str(sd_folder))
+    assert code == 0, err
+    assert "frame-by-frame" in " ".join(out.split())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        pair = load_pair(str(folders["dc512"]), prior=str(sd_folder))
+    seen = []
+    original = pair.prior.denoiser.forward
+
+    def spy(x, t, cond):
+        seen.append((tuple(x.shape), sorted(cond)))
+        return original(x, t, cond)
+
+    pair.prior.denoiser.forward = spy
+    inputs = {"image": folders["image"], "prompt": "a cat"}
+    swap = pair.sample(inputs, guidance=G.dual_prior_swap(1.5, 7.5), steps=3, seed=0, decode=False)
+    cfg = pair.sample(inputs, guidance=G.dual_cfg(1.5, 7.5), steps=3, seed=0, decode=False)
+    assert swap.latents.shape == (1, 4, FRAMES, 8, 8) and torch.isfinite(swap.latents).all()
+    assert (swap.latents - cfg.latents).abs().max() > 1e-3
+    assert seen and all(shape == (FRAMES, 4, 8, 8) and keys == ["encoder_hidden_states"] for shape, keys in seen)
