@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from priorswap import Denoiser, DiscreteSchedule, LoadRequest
-from priorswap.errors import PriorswapError
-from priorswap.hub import fetch, load_component
+from priorswap.errors import PriorswapError, WeightsUnavailable
+from priorswap.hub import folders_on_demand, load_component
 from priorswap.nullcache import cache_dir, cached_null
 from priorswap.vae import describe_vae
 
@@ -105,17 +105,13 @@ def encode_prompt(folder: Path, prompt: str = "", allow_pickle: bool = False) ->
 
 def text_encoder_folder(request: LoadRequest) -> Path:
     """A folder with text_encoder/ and tokenizer/: for a hub repo they are fetched now (cache miss only)."""
-    folder = request.folder
-    if request.entry.source.repo is not None:
-        folder = fetch(request.entry.source, TEXT_FOLDERS, offline=request.offline, allow_pickle=request.allow_pickle)
-    missing = [f for f in TEXT_FOLDERS if not (folder / f).is_dir()]
-    if missing:
+    try:
+        return folders_on_demand(request, TEXT_FOLDERS, 'the PixArt null condition (T5 encoding of "")')
+    except WeightsUnavailable as e:
         raise PriorswapError(
-            f"the PixArt null condition (T5 encoding of \"\") for {request.folder} is not cached yet, and computing "
-            f"it needs the T5 text encoder, but {folder} has no {' or '.join(missing)} folder. Restore it for one "
-            f"run (the encoding is then cached in {cache_dir()} and T5 is not needed again)."
-        )
-    return folder
+            f"{e}. It is not cached yet for {request.folder}: restore the T5 text encoder for one run (the "
+            f"encoding is then cached in {cache_dir()} and T5 is not needed again)."
+        ) from None
 
 
 def cached_null_condition(request: LoadRequest) -> tuple[torch.Tensor, torch.Tensor]:

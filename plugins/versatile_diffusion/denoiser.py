@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from priorswap import Denoiser, LoadRequest, PriorswapError
-from priorswap.hub import fetch, load_component
+from priorswap.errors import WeightsUnavailable
+from priorswap.hub import folders_on_demand, load_component
 from priorswap.nullcache import cached_null
 from priorswap.vae import describe_vae
 
@@ -106,17 +107,13 @@ class VersatileDiffusionDenoiser(Denoiser):
 
 def encoder_folder(request: LoadRequest) -> Path:
     """A folder with the CLIP image encoder and processor: for a hub prior they are fetched now (first use)."""
-    folder = request.folder
-    if request.entry.source.repo is not None and not all((folder / f).is_dir() for f in ENCODER_FOLDERS):
-        source, pickle = request.entry.source, request.allow_pickle
-        folder = fetch(source, ENCODER_FOLDERS, offline=request.offline, allow_pickle=pickle)
-    missing = [f for f in ENCODER_FOLDERS if not (folder / f).is_dir()]
-    if missing:
+    try:
+        return folders_on_demand(request, ENCODER_FOLDERS, "the CLIP image encoder")
+    except WeightsUnavailable as e:
         raise PriorswapError(
-            f"{folder} has no {' or '.join(missing)} folder: Versatile Diffusion's image conditions (and its null "
-            "condition, the encoding of a blank image, until it is cached) need the CLIP image encoder"
-        )
-    return folder
+            f"{e}: Versatile Diffusion's image conditions (and its null condition, the encoding of a blank "
+            "image, until it is cached) need the CLIP image encoder"
+        ) from None
 
 
 def _read_json(path: Path) -> dict:
