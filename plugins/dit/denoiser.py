@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from priorswap import Denoiser, DiscreteSchedule, LoadRequest
+from priorswap import Denoiser, LoadRequest
 from priorswap.hub import load_component
 from priorswap.vae import describe_vae
 
@@ -18,17 +18,11 @@ class DiTDenoiser(Denoiser):
     learned_sigma = True  # diffusers' PatchEmbed recomputes position embeddings, so any square size runs
 
     def __init__(self, transformer, scheduler_config: dict, request: LoadRequest) -> None:
-        self.net = transformer.eval().requires_grad_(False)
+        self.init_discrete(transformer, scheduler_config, request)
         cfg = transformer.config
         self.null_class = int(cfg.num_embeds_ada_norm)
         self.learned_sigma = cfg.out_channels == 2 * cfg.in_channels
-        self.latent_space = request.latent_space
-        self.scheduler_config = dict(scheduler_config)
-        self.schedule = DiscreteSchedule.from_scheduler_config(scheduler_config)
-        self.parameterization = scheduler_config.get("prediction_type", "epsilon")
-        self.resolution = cfg.sample_size * request.latent_space.downsample
-        self.dtype = transformer.dtype
-        self.device = transformer.device
+        self.resolution = cfg.sample_size * request.latent_space.downsample  # the network's own size
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         return self.net(x, timestep=t, class_labels=cond["class_labels"]).sample

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from priorswap import Denoiser, DiscreteSchedule, LoadRequest
+from priorswap import Denoiser, LoadRequest
 from priorswap.errors import PriorswapError, WeightsUnavailable
 from priorswap.hub import folders_on_demand, load_component
 from priorswap.nullcache import cache_dir, cached_null
@@ -30,20 +30,14 @@ class PixArtDenoiser(Denoiser):
     def __init__(
         self, transformer, null: tuple[torch.Tensor, torch.Tensor], scheduler_config: dict, request: LoadRequest
     ) -> None:
-        self.net = transformer.eval().requires_grad_(False)
+        self.init_discrete(transformer, scheduler_config, request)
         cfg = transformer.config
         self.learned_sigma = cfg.out_channels == 2 * cfg.in_channels
         self.micro_conditions = bool(transformer.use_additional_conditions)
         embeds, mask = null
         self.null_embeds = embeds.to(transformer.device, transformer.dtype)
         self.null_mask = mask.to(transformer.device)
-        self.latent_space = request.latent_space
-        self.scheduler_config = dict(scheduler_config)
-        self.schedule = DiscreteSchedule.from_scheduler_config(scheduler_config)
-        self.parameterization = scheduler_config.get("prediction_type", "epsilon")
-        self.resolution = cfg.sample_size * request.latent_space.downsample
-        self.dtype = transformer.dtype
-        self.device = transformer.device
+        self.resolution = cfg.sample_size * request.latent_space.downsample  # the network's own size
 
     def added_conditions(self, x: torch.Tensor) -> dict:
         """`added_cond_kwargs` for a batch: the pixel size and aspect ratio (1024 model), else None."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from priorswap import Denoiser, DiscreteSchedule, LoadRequest
+from priorswap import Denoiser, LoadRequest
 from priorswap.hub import load_component
 
 from . import models
@@ -24,16 +24,10 @@ class ToyDenoiser(Denoiser):
     learned_sigma = False
 
     def __init__(self, net, scheduler_config: dict, request: LoadRequest, kind: str) -> None:
-        self.net = net.eval().requires_grad_(False)
+        self.init_discrete(net, scheduler_config, request)
         self.kind = kind  # "unet" or "dit"
         cfg = net.config
-        self.latent_space = request.latent_space
-        self.scheduler_config = dict(scheduler_config)
-        self.schedule = DiscreteSchedule.from_scheduler_config(scheduler_config)
-        self.parameterization = scheduler_config.get("prediction_type", "epsilon")
-        self.resolution = cfg.sample_size * request.latent_space.downsample
-        self.dtype = net.dtype
-        self.device = net.device
+        self.resolution = cfg.sample_size * request.latent_space.downsample  # the network's own size
         self.concat_channels = 0
         self.null_class: int | None = None
         self.angle = False
