@@ -131,3 +131,16 @@ def test_model_and_prior_dtypes_are_separate(dit_folder, dit_prior_folder):
     assert pair.model.denoiser.dtype == torch.float32 and pair.prior.denoiser.dtype == torch.float64
     out = pair.sample(class_label=[1], steps=2, seed=0, decode=False)
     assert out.latents.dtype == torch.float32 and torch.isfinite(out.latents).all()
+
+
+def test_outputs_get_the_usual_file_permissions(tmp_path):
+    import os
+    import stat
+
+    from priorswap.media import write_atomic_safetensors
+
+    write_atomic_safetensors(tmp_path / "z.safetensors", {"latents": torch.zeros(1)})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "z.safetensors").stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["z.safetensors"]  # no temporary file left

@@ -90,12 +90,14 @@ def grid(seed: int = 0, steps: int = 15, source_index: int = 13) -> Image.Image:
 
 def metrics_table(records: list, model: str):
     """One compact rich table per model: a row per metric, a column per method (value and 95 % CI)."""
+    from rich import box
     from rich.table import Table
 
     mine = [r for r in records if r.model == model and not r.metric.startswith("fd_class")]
     labels = {v.label: name for v, name in zip(VARIANTS, ROW_NAMES, strict=True)}
     methods = list(dict.fromkeys(r.method for r in mine))
-    table = Table(title=f"{model}, γ={mine[0].guidance:g} (95 % bootstrap CI)", title_justify="left")
+    table = Table(title=f"{model}, γ={mine[0].guidance:g} (95 % bootstrap CI)", title_justify="left",
+                  box=box.SIMPLE_HEAD)
     table.add_column("metric", no_wrap=True)
     for method in methods:
         table.add_column(labels.get(method, method), no_wrap=True)
