@@ -9,24 +9,31 @@ import torch
 from .errors import PriorswapError
 
 
-def load_image(path: str | Path, size: int | tuple[int, int] | None = None, mode: str = "RGB") -> torch.Tensor:
-    """(1, C, H, W) float32 in [-1, 1] from an image file; `size` resizes (bicubic) to size×size or (H, W).
+def open_image(path: str | Path, mode: str | None = "RGB"):
+    """The file as a PIL image (converted to `mode`; None keeps it as stored), loaded into memory.
 
     Raises a PriorswapError naming the file when it is missing or not an image."""
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise PriorswapError(f"image file {path} does not exist")
     try:
         with Image.open(path) as img:
-            img = img.convert(mode)
-            if size is not None:
-                h, w = (size, size) if isinstance(size, int) else size
-                img = img.resize((w, h), Image.BICUBIC)
-            return pil_to_tensor(img)
+            return img.convert(mode) if mode is not None else img.copy()
     except UnidentifiedImageError:
         raise PriorswapError(f"{path} is not an image file PIL can read") from None
+
+
+def load_image(path: str | Path, size: int | tuple[int, int] | None = None, mode: str = "RGB") -> torch.Tensor:
+    """(1, C, H, W) float32 in [-1, 1] from an image file; `size` resizes (bicubic) to size×size or (H, W)."""
+    from PIL import Image
+
+    img = open_image(path, mode)
+    if size is not None:
+        h, w = (size, size) if isinstance(size, int) else size
+        img = img.resize((w, h), Image.BICUBIC)
+    return pil_to_tensor(img)
 
 
 def pil_to_tensor(img) -> torch.Tensor:

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from .conditions import Condition
 from .denoiser import Denoiser
 from .guidance import Level
+
+
+def _one_or_many(value: object) -> object:
+    return [value] if isinstance(value, str) else value
+
+
+Prompts = Annotated[list[str], BeforeValidator(_one_or_many), Field(min_length=1)]
+"""A task input of one or more prompts (a single string is a list of one); `--prompt` repeats on the CLI."""
 
 
 class TaskInputs(BaseModel):

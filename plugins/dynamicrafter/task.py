@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from pydantic import Field, FilePath, field_validator
+from pydantic import Field, FilePath
 
 from priorswap import Denoiser, PriorswapError, Task, TaskInputs
+from priorswap.task import Prompts
 from priorswap.vae import VaeDecoder
 
 from .denoiser import DynamiCrafterDenoiser, LvdmDenoiser
@@ -20,18 +21,11 @@ from .denoiser import DynamiCrafterDenoiser, LvdmDenoiser
 
 def read_frame(path: Path, height: int, width: int) -> torch.Tensor:
     """(1, 3, H, W) in [-1, 1]: resized so it covers H×W (bicubic), then centre-cropped, as the official scripts."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    from priorswap.images import pil_to_tensor
+    from priorswap.images import open_image, pil_to_tensor
 
-    path = Path(path)
-    if not path.is_file():
-        raise PriorswapError(f"image file {path} does not exist")
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-    except UnidentifiedImageError:
-        raise PriorswapError(f"{path} is not an image file PIL can read") from None
+    img = open_image(path)
     scale = max(height / img.height, width / img.width)
     w, h = max(width, round(img.width * scale)), max(height, round(img.height * scale))
     img = img.resize((w, h), Image.BICUBIC)
@@ -84,17 +78,16 @@ class VideoTask(Task):
         return self.vae.encode(images.to(self.model.device), scaled=True).to(self.model.dtype)
 
 
-class ImageToVideoInputs(TaskInputs):
-    image: FilePath = Field(..., description="the first frame (PNG, JPEG, ...)")
-    prompt: list[str] = Field(..., min_length=1, description="text prompt(s); one video per prompt")
-    end_image: FilePath | None = Field(None, description="the last frame (interpolation checkpoint only)")
+class TextToVideoInputs(TaskInputs):
+    prompt: Prompts = Field(..., description="text prompt(s); one video per prompt")
     frames: int | None = Field(None, gt=0, description="number of frames (default: the model's, 16)")
-    fs: int | None = Field(None, gt=0, description="frame stride (256) or frame rate (512/1024) condition")
+    fs: int | None = Field(None, gt=0, description="frame-rate condition (default: the model's)")
 
-    @field_validator("prompt", mode="before")
-    @classmethod
-    def _one_prompt(cls, value: object) -> object:
-        return [value] if isinstance(value, str) else value
+
+class ImageToVideoInputs(TextToVideoInputs):
+    image: FilePath = Field(..., description="the first frame (PNG, JPEG, ...)")
+    end_image: FilePath | None = Field(None, description="the last frame (interpolation checkpoint only)")
+    fs: int | None = Field(None, gt=0, description="frame stride (256) or frame rate (512/1024) condition")
 
 
 class ImageToVideoTask(VideoTask):
@@ -142,17 +135,6 @@ class ImageToVideoTask(VideoTask):
             "partial": {"context": torch.cat([empty, tokens], 1), "concat": concat, "fs": fs},
             "null": {"context": torch.cat([empty, zero_tokens], 1), "concat": concat, "fs": fs},
         }
-
-
-class TextToVideoInputs(TaskInputs):
-    prompt: list[str] = Field(..., min_length=1, description="text prompt(s); one video per prompt")
-    frames: int | None = Field(None, gt=0, description="number of frames (default: the model's, 16)")
-    fs: int | None = Field(None, gt=0, description="frame-rate condition (default: the model's)")
-
-    @field_validator("prompt", mode="before")
-    @classmethod
-    def _one_prompt(cls, value: object) -> object:
-        return [value] if isinstance(value, str) else value
 
 
 class TextToVideoTask(VideoTask):

@@ -10,26 +10,23 @@ import os
 from pathlib import Path
 
 import torch
-from pydantic import Field, FilePath, field_validator
+from pydantic import Field, FilePath
 
 from priorswap import Denoiser, PriorswapError, Task, TaskInputs
+from priorswap.images import open_image
+from priorswap.task import Prompts
 from priorswap.vae import VaeDecoder
 
 
 class InstructPix2PixInputs(TaskInputs):
     image: FilePath = Field(..., description="the image to edit (PNG, JPEG, ...)")
-    prompt: list[str] = Field(..., min_length=1, description="edit instruction(s); one sample per instruction")
+    prompt: Prompts = Field(..., description="edit instruction(s); one sample per instruction")
     resolution: int | None = Field(
         None,
         ge=0,
         description="longest side of the edited image in pixels (aspect kept; default: the model's resolution; "
         "0: the image's own size, as diffusers' pipeline does)",
     )
-
-    @field_validator("prompt", mode="before")
-    @classmethod
-    def _one_prompt(cls, value: object) -> object:
-        return [value] if isinstance(value, str) else value
 
 
 def target_size(width: int, height: int, longest: int, multiple: int) -> tuple[int, int]:
@@ -48,15 +45,8 @@ def read_image(path: Path, longest: int, multiple: int) -> torch.Tensor:
     """(1, 3, H, W) in [-1, 1]: the file resized (Lanczos) and normalised by diffusers' VaeImageProcessor,
     the preprocessing of the InstructPix2Pix pipeline."""
     from diffusers.image_processor import VaeImageProcessor
-    from PIL import Image, UnidentifiedImageError
 
-    if not path.is_file():
-        raise PriorswapError(f"image file {path} does not exist")
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-    except UnidentifiedImageError:
-        raise PriorswapError(f"{path} is not an image file PIL can read") from None
+    img = open_image(path)
     height, width = target_size(img.width, img.height, longest, multiple)
     return VaeImageProcessor(vae_scale_factor=multiple).preprocess(img, height=height, width=width)
 

@@ -12,6 +12,7 @@ import torch
 from pydantic import Field
 
 from priorswap import Denoiser, PriorswapError, Task, TaskInputs
+from priorswap.images import open_image
 from priorswap.vae import VaeDecoder
 
 
@@ -22,16 +23,7 @@ class ImageVariationInputs(TaskInputs):
 
 def read_image(path: Path):
     """The file as a PIL image, unconverted: the CLIP processor converts it to RGB as the pipeline's does."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise PriorswapError(f"image file {path} does not exist")
-    try:
-        with Image.open(path) as img:
-            return img.copy()
-    except UnidentifiedImageError:
-        raise PriorswapError(f"{path} is not an image file PIL can read") from None
+    return open_image(path, mode=None)
 
 
 class ImageVariationTask(Task):
