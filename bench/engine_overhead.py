@@ -39,45 +39,15 @@ SCALE = 4.0
 TARGET = 1.05
 
 
-def build_folder(path: Path, seed: int = 0) -> Path:
-    """A DiTPipeline folder with a small random transformer (big enough that the network dominates)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+def build_folder(path: Path, tiny: bool = False) -> Path:
+    """A DiTPipeline folder built by the tests' helper: the tests' tiny DiT, or a small one (4 layers,
+    4 heads × 32, 16×16 latents) big enough that the network dominates."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from tiny import make_dit_folder
 
-    torch.manual_seed(seed)
-    transformer = DiTTransformer2DModel(
-        num_attention_heads=4,
-        attention_head_dim=32,
-        num_layers=4,
-        sample_size=16,
-        patch_size=2,
-        in_channels=4,
-        out_channels=8,
-        num_embeds_ada_norm=1000,
-    )
-    # DiT zero-initialises its adaLN modulation and output layer; randomise so outputs depend on inputs.
-    with torch.no_grad():
-        for p in transformer.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=32,
-    )
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.0001,
-        beta_end=0.02,
-        beta_schedule="linear",
-        clip_sample=False,
-        set_alpha_to_one=True,
-    )
-    DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler).save_pretrained(path, safe_serialization=True)
-    return path
+    if tiny:
+        return make_dit_folder(path, seed=0)
+    return make_dit_folder(path, seed=0, sample_size=16, heads=4, head_dim=32, layers=4, noise=0.02)
 
 
 def make_pipeline(folder: Path):
@@ -126,13 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("PRIORSWAP_CACHE", str(Path(tmp) / "cache"))
-        if args.tiny:
-            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-            from tiny import make_dit_folder
-
-            folder = make_dit_folder(Path(tmp) / "dit", seed=0)
-        else:
-            folder = build_folder(Path(tmp) / "dit")
+        folder = build_folder(Path(tmp) / "dit", tiny=args.tiny)
         pipe, captured = make_pipeline(folder)
         pair = priorswap.load_pair(str(folder))
         n_params = sum(p.numel() for p in pipe.transformer.parameters())

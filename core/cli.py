@@ -289,8 +289,9 @@ def check_golden(
     checked = get_plugins().golden_checks
     passed = failed = skipped = 0
     for folder in fixtures:
-        if skip_missing and read_fixture(folder)["family"] not in checked:
-            console.print(f"[dim]{folder}: skipped (no plugin checks '{read_fixture(folder)['family']}')[/]")
+        family = read_fixture(folder)["family"]
+        if skip_missing and family not in checked:
+            console.print(f"[dim]{folder}: skipped (no plugin checks '{family}')[/]")
             skipped += 1
             continue
         with err.status(f"checking {folder}"):

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 
-def _atomic(path: Path, write) -> None:
+def write_atomic(path: Path, write) -> None:
     """Writes through a temporary file in the same folder, so a failure leaves no half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,7 +33,7 @@ def _atomic(path: Path, write) -> None:
 def write_atomic_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
-    _atomic(path, lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp))
+    write_atomic(path, lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp))
 
 
 def to_grid(images: torch.Tensor, columns: int | None = None, pad: int = 2) -> torch.Tensor:
@@ -59,7 +59,7 @@ def to_pil(image: torch.Tensor):
 def save_grid(images: torch.Tensor, path: Path, columns: int | None = None) -> None:
     """Saves one image, or a grid of several, as a PNG (atomically)."""
     picture = images[0] if images.shape[0] == 1 else to_grid(images, columns)
-    _atomic(path, lambda tmp: to_pil(picture).save(tmp, format="PNG"))
+    write_atomic(path, lambda tmp: to_pil(picture).save(tmp, format="PNG"))
 
 
 def save_images(images: torch.Tensor, folder: Path, names: list[str]) -> list[Path]:
@@ -68,7 +68,7 @@ def save_images(images: torch.Tensor, folder: Path, names: list[str]) -> list[Pa
     paths = []
     for image, name in zip(images, names, strict=True):
         path = folder / f"{name}.png"
-        _atomic(path, lambda tmp, image=image: to_pil(image).save(tmp, format="PNG"))
+        write_atomic(path, lambda tmp, image=image: to_pil(image).save(tmp, format="PNG"))
         paths.append(path)
     return paths
 

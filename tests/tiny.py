@@ -33,17 +33,21 @@ def make_dit_folder(
     sample_size: int = 8,
     beta_schedule: str = "linear",
     prediction_type: str = "epsilon",
+    heads: int = 2,
+    head_dim: int = 8,
+    layers: int = 2,
+    noise: float = 0.05,
 ) -> Path:
     """A DiTPipeline folder (transformer, scheduler, vae) with random weights, safetensors."""
     from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
     torch.manual_seed(seed)
     transformer = DiTTransformer2DModel(
-        num_attention_heads=2,
-        attention_head_dim=8,
+        num_attention_heads=heads,
+        attention_head_dim=head_dim,
         in_channels=4,
         out_channels=8,
-        num_layers=2,
+        num_layers=layers,
         sample_size=sample_size,
         patch_size=2,
         num_embeds_ada_norm=1000,
@@ -52,7 +56,7 @@ def make_dit_folder(
     # DiT initialises the adaLN-zero modulation to zero; randomise it so outputs depend on inputs.
     with torch.no_grad():
         for p in transformer.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+            p.add_(noise * torch.randn_like(p))
     scheduler = DDIMScheduler(
         num_train_timesteps=1000,
         beta_start=0.0001,

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from priorswap.errors import PriorswapError
-from priorswap.media import _atomic
+from priorswap.media import write_atomic
 
 
 def to_uint8(frames: torch.Tensor):
@@ -60,7 +60,7 @@ def write_mp4(frames: torch.Tensor, path: Path, fps: int = 8, crf: int = 18) -> 
             for packet in stream.encode():
                 container.mux(packet)
 
-    _atomic(Path(path), write)
+    write_atomic(Path(path), write)
     return Path(path)
 
 
@@ -70,7 +70,7 @@ def write_gif(frames: torch.Tensor, path: Path, fps: int = 8) -> Path:
 
     images = [Image.fromarray(f) for f in to_uint8(frames)]
     duration = max(1, round(1000 / fps))
-    _atomic(
+    write_atomic(
         Path(path),
         lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=duration,
                                    loop=0),

@@ -117,9 +117,9 @@ def run(out: Path, samples: int = 64, steps: int = 15, seed: int = 0, console=No
     start = time.perf_counter()
     with console.status("sampling the demo grid"):
         picture = grid(seed=seed, steps=steps)
-    from priorswap.media import _atomic
+    from priorswap.media import write_atomic
 
-    _atomic(Path(out), lambda tmp: picture.save(tmp, format="PNG"))
+    write_atomic(Path(out), lambda tmp: picture.save(tmp, format="PNG"))
     console.print(f"grid → {out}  ({time.perf_counter() - start:.0f} s)")
 
     reference = Reference()

@@ -20,26 +20,29 @@ HEADLINE = {"toy-digits-class": ("fd", "accuracy"), "toy-digits-view": ("psnr", 
             "toy-digits-edit": ("psnr", "ssim")}
 
 
-def verdicts(records: list[Record], metric: str) -> list[str]:
-    """Per γ: each swap vs CFG — better / worse when the 95 % CIs do not overlap, else no clear difference."""
+def compare_to_cfg(records: list[Record], metric: str) -> list[tuple[Record, Record, str]]:
+    """Per γ: (swap record, CFG record, verdict) — better / worse when the 95 % CIs do not overlap, else
+    no clear difference."""
     lower_better = metric.startswith("fd")
-    lines = []
+    out = []
     for gamma in sorted({r.guidance for r in records}):
         rows = {r.method: r for r in records if r.metric == metric and r.guidance == gamma}
-        if "cfg" not in rows:
-            continue
-        base = rows["cfg"]
-        for method, r in rows.items():
-            if method == "cfg":
-                continue
+        base = rows.pop("cfg", None)
+        for r in rows.values() if base is not None else ():
             if r.ci_high < base.ci_low:
                 word = "better" if lower_better else "worse"
             elif r.ci_low > base.ci_high:
                 word = "worse" if lower_better else "better"
             else:
                 word = "no clear difference"
-            lines.append(f"- γ={gamma:g}, {method}: {metric} {r.value:.3g} vs CFG {base.value:.3g} → **{word}**")
-    return lines
+            out.append((r, base, word))
+    return out
+
+
+def verdicts(records: list[Record], metric: str) -> list[str]:
+    """The comparisons of `compare_to_cfg` as markdown list items."""
+    return [f"- γ={r.guidance:g}, {r.method}: {metric} {r.value:.3g} vs CFG {base.value:.3g} → **{word}**"
+            for r, base, word in compare_to_cfg(records, metric)]
 
 
 MEASURED_START, MEASURED_END = "<!-- measured:start -->", "<!-- measured:end -->"
@@ -112,26 +115,20 @@ def write_page(out: Path, samples: int = 200, seeds: tuple[int, ...] = (0, 1, 2)
 def summary(records: list[Record]) -> list[str]:
     """Counts of the swap-vs-CFG verdicts per task and method over γ and headline metrics."""
     lines = ["| task | method | better | no clear difference | worse |", "|---|---|---|---|---|"]
-    any_better = False
+    words = ("better", "no clear difference", "worse")
+    comparisons = [(model, r.method, word) for model in TASK_MODELS for metric in HEADLINE[model]
+                   for r, _, word in compare_to_cfg([r for r in records if r.model == model], metric)]
     for model in TASK_MODELS:
-        mine = [r for r in records if r.model == model]
-        counts: dict[str, dict[str, int]] = {}
-        for metric in HEADLINE[model]:
-            for line in verdicts(mine, metric):
-                method = line.split(", ", 1)[1].split(": ", 1)[0]
-                word = line.rsplit("**", 2)[1]
-                counts.setdefault(method, {"better": 0, "no clear difference": 0, "worse": 0})[word] += 1
-        for method, c in counts.items():
-            lines.append(f"| {model} | {method} | {c['better']} | {c['no clear difference']} | {c['worse']} |")
-            any_better |= c["better"] > 0 and "no adapters" not in method
-    ablation = [line for model in TASK_MODELS for metric in HEADLINE[model]
-                for line in verdicts([r for r in records if r.model == model], metric) if "no adapters" in line]
-    ablation_worse = sum("**worse**" in line for line in ablation)
+        for method in dict.fromkeys(m for task, m, _ in comparisons if task == model):
+            counts = [sum(c == (model, method, w) for c in comparisons) for w in words]
+            lines.append(f"| {model} | {method} | " + " | ".join(map(str, counts)) + " |")
+    any_better = any(w == "better" and "no adapters" not in m for _, m, w in comparisons)
+    ablation = [w for _, m, w in comparisons if "no adapters" in m]
     verdict = ("At least one swap beat CFG somewhere (see the tables)." if any_better else
                "**No swap variant beat plain CFG on any headline metric at any γ: at this scale the prior swap "
                "does not help.**")
-    verdict += (f" Without the adapters the cross-architecture swap is worse than CFG in {ablation_worse} of "
-                f"{len(ablation)} comparisons.")
+    verdict += (f" Without the adapters the cross-architecture swap is worse than CFG in {ablation.count('worse')} "
+                f"of {len(ablation)} comparisons.")
     return [*lines, "", verdict]
 
 
