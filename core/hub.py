@@ -137,7 +137,7 @@ def folders_on_demand(request: Any, folders: list[str], purpose: str) -> Path:
     folder = request.folder
     source = request.entry.source
     if source.repo is not None and not all((folder / f).is_dir() for f in folders):
-        folder = fetch(source, folders, offline=getattr(request, "offline", None), allow_pickle=request.allow_pickle)
+        folder = fetch(source, folders, offline=request.offline, allow_pickle=request.allow_pickle)
     missing = [f for f in folders if not (folder / f).is_dir()]
     if missing:
         raise WeightsUnavailable(f"{folder} has no {' or '.join(missing)} folder, needed for {purpose}")
