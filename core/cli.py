@@ -235,6 +235,7 @@ def sample(
     from .media import progress_callback
 
     n_steps = steps or pair.model.resolved.entry.recommended.steps
+    err.print(f"guidance: {rule.name} γ={rule.terms[0].weight:g}, {n_steps} steps")
     decode = out is not None or out_dir is not None
     latents, images, names = [], [], []
     for s in seed_list:
