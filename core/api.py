@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,12 +128,15 @@ class Pair:
         decode: bool = True,
         num_samples: int = 1,
         eta: float | None = None,
+        autocast: torch.dtype | None = None,
         **task_inputs: Any,
     ) -> SampleResult:
         """Samples the model's task. `guidance` is a Guidance or a method name (cfg, prior-swap,
         autoguidance, dual-cfg, dual-prior-swap); task inputs come as a TaskInputs, a dict or keywords.
         `num_samples` draws that many samples per task input (rows ordered input by input). `eta`: DDIM
-        stochasticity (default: the registry's recommendation, usually 0)."""
+        stochasticity (default: the registry's recommendation, usually 0). `autocast` (e.g. torch.float16)
+        runs the networks under torch.autocast in that dtype, weights unchanged (mixed precision, as the
+        official DynamiCrafter scripts sample)."""
         if num_samples < 1:
             raise PriorswapError(f"num_samples must be at least 1, got {num_samples}")
         rec = self.model.resolved.entry.recommended
@@ -159,7 +163,9 @@ class Pair:
         noise = randn_tensor(shape, generator=generator, dtype=model.dtype)
         sampler = Sampler(self.routes, conditions, rule, sched)
         eta = rec.eta if eta is None else eta
-        latents = sampler.run(noise.to(model.device), steps, callback, eta=eta, generator=generator)
+        mixed = torch.autocast(model.device.type, dtype=autocast) if autocast is not None else nullcontext()
+        with mixed:
+            latents = sampler.run(noise.to(model.device), steps, callback, eta=eta, generator=generator)
         images = self.task.decode(latents) if decode else None
         return SampleResult(latents, images, rule, seed, steps, dict(sampler.forward_calls))
 

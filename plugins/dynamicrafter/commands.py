@@ -33,25 +33,45 @@ def register(cli: typer.Typer) -> None:
         video_fps: Annotated[int, typer.Option(help="Playback frame rate of the files.")] = 8,
         allow_pickle: Annotated[bool, typer.Option(help="Allow pickled weights.")] = False,
         device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+        dtype: Annotated[str, typer.Option(help="Weights dtype of model and prior: fp32, fp16, bf16.")] = "fp32",
+        autocast: Annotated[
+            str | None, typer.Option(help="Run the networks under torch.autocast in fp16/bf16 (as the official "
+                                     "scripts on GPU); weights keep --dtype.")
+        ] = None,
+        posterior_seed: Annotated[
+            int | None, typer.Option(help="Encode the frame(s) with a VAE posterior draw from this seed, as the "
+                                     "official scripts (default: the posterior mean).")
+        ] = None,
     ) -> None:
         """Image-to-video (DynamiCrafter, dual guidance) or text-to-video (VideoCrafter2) to MP4 + GIF + PNG."""
         if out.suffix.lower() != ".mp4":
             raise PriorswapError(f"--out must be an .mp4 file, got {out}")
+        from rich.console import Console
+
         from priorswap.api import load_pair
+        from priorswap.dtypes import parse_dtype
+        from priorswap.media import progress_callback
 
         from .video import frame_strip, save_video
 
-        pair = load_pair(model, prior, allow_pickle=allow_pickle, device=device)
+        weights = parse_dtype(dtype, "--dtype")
+        mixed = parse_dtype(autocast, "--autocast") if autocast is not None else None
+        pair = load_pair(model, prior, allow_pickle=allow_pickle, device=device, dtype=weights)
         inputs = {"prompt": prompt, "frames": frames, "fs": fs}
         if pair.task.name == "image-to-video":
             if image is None:
                 raise PriorswapError("image-to-video needs --image")
-            inputs.update(image=image, end_image=end_image)
-        elif image is not None or end_image is not None:
-            raise PriorswapError(f"'{model}' is a text-to-video model: it takes no --image / --end-image")
+            inputs.update(image=image, end_image=end_image, posterior_seed=posterior_seed)
+        elif image is not None or end_image is not None or posterior_seed is not None:
+            raise PriorswapError(f"'{model}' is a text-to-video model: it takes no --image / --end-image / "
+                                 "--posterior-seed")
         phi = pair.model.denoiser.lvdm.get("guidance_rescale", 0.0) if rescale is None else rescale
         rule = pair.guidance_for(method, guidance, image_guidance).with_options(rescale=phi)
-        result = pair.sample(inputs, guidance=rule, steps=steps, seed=seed, decode=False, eta=eta)
+        err = Console(stderr=True)
+        err.print(f"guidance: {rule.name} γ={rule.terms[0].weight:g}, rescale φ={phi:g}, {steps} steps")
+        with progress_callback(steps, rule.name, err) as callback:
+            result = pair.sample(inputs, guidance=rule, steps=steps, seed=seed, decode=False, eta=eta,
+                                 autocast=mixed, callback=callback)
         videos = pair.task.decode_video(result.latents)
         for i, clip in enumerate(videos):
             stem = out.with_suffix("") if len(videos) == 1 else out.with_name(f"{out.stem}-{i}")

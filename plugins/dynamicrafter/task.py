@@ -71,11 +71,12 @@ class VideoTask(Task):
         return frame_strip(self.decode_video(latents))
 
     @torch.no_grad()
-    def encode_frames(self, images: torch.Tensor) -> torch.Tensor:
-        """Model-space latents (N, C, h, w) of images in [-1, 1] (N, 3, H, W): the posterior mode, scaled."""
+    def encode_frames(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Model-space latents (N, C, h, w) of images in [-1, 1] (N, 3, H, W), scaled: the posterior mode,
+        or a draw from the posterior when `generator` is given (as the official scripts encode)."""
         if self.vae is None:
             raise PriorswapError(f"{self.folder} has no vae/ folder: cannot encode the conditioning image")
-        return self.vae.encode(images.to(self.model.device), scaled=True).to(self.model.dtype)
+        return self.vae.encode(images.to(self.model.device), scaled=True, generator=generator).to(self.model.dtype)
 
 
 class TextToVideoInputs(TaskInputs):
@@ -88,6 +89,10 @@ class ImageToVideoInputs(TextToVideoInputs):
     image: FilePath = Field(..., description="the first frame (PNG, JPEG, ...)")
     end_image: FilePath | None = Field(None, description="the last frame (interpolation checkpoint only)")
     fs: int | None = Field(None, gt=0, description="frame stride (256) or frame rate (512/1024) condition")
+    posterior_seed: int | None = Field(
+        None, description="encode the frame(s) with a VAE posterior draw from this seed, as the official scripts "
+        "do (default: the posterior mean, deterministic)"
+    )
 
 
 class ImageToVideoTask(VideoTask):
@@ -121,8 +126,10 @@ class ImageToVideoTask(VideoTask):
             raise PriorswapError("the interpolation checkpoint needs a last frame: pass --end-image")
         h, w = denoiser.height, denoiser.width
         image = read_frame(inputs.image, h, w)
-        first = self.encode_frames(image)
-        last = self.encode_frames(read_frame(inputs.end_image, h, w)) if inputs.end_image is not None else None
+        generator = None if inputs.posterior_seed is None else torch.Generator().manual_seed(inputs.posterior_seed)
+        first = self.encode_frames(image, generator)
+        last = (self.encode_frames(read_frame(inputs.end_image, h, w), generator)
+                if inputs.end_image is not None else None)
         concat = self.concat_latents(first, last, self.frames(inputs))
         tokens = denoiser.encode_image_tokens(image)
         zero_tokens = denoiser.encode_image_tokens(torch.zeros_like(image))
