@@ -39,8 +39,10 @@ class LoadRequest:
 class Family:
     """A model family. `load` builds a Denoiser from a LoadRequest; `describe` turns a local folder
     into registry-entry fields; `pipeline_classes` are the diffusers `model_index.json` class names
-    that identify the family's folders. Callables may be lazy "module:attr" strings, so that
-    registering a plugin imports neither torch nor diffusers."""
+    that identify the family's folders. `convert(checkpoint, entry, out, allow_pickle=..., offline=...)`
+    turns a single released checkpoint (an entry whose source names a `file`) into a loadable folder
+    `out`; the core runs it once and keeps the result in its cache. Callables may be lazy
+    "module:attr" strings, so that registering a plugin imports neither torch nor diffusers."""
 
     name: str
     load: Callable[[LoadRequest], Any] | str
@@ -48,3 +50,4 @@ class Family:
     pipeline_classes: tuple[str, ...] = ()
     default_task: str | None = None
     folders: dict[str, list[str]] = field(default_factory=dict)
+    convert: Callable[..., Any] | str | None = None

@@ -6,7 +6,9 @@ preferred and pickles load only with an explicit opt-in, through torch.load(weig
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -51,15 +53,10 @@ def fetch(
         return folder
 
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
 
     local_only = is_offline(offline)
-    try:
+    include = f" --include {' '.join(f + '/*' for f in folders)}" if folders else ""
+    with _hub_errors(source, local_only, include):
         path = snapshot_download(
             source.repo,
             revision=source.revision,
@@ -68,13 +65,48 @@ def fetch(
             local_files_only=local_only,
             cache_dir=cache_dir,
         )
+    return Path(path)
+
+
+def fetch_file(source: Source, *, offline: bool | None = None, cache_dir: str | None = None) -> Path:
+    """The single file `source.file` (downloaded at the pinned revision, or from the cache / folder)."""
+    if source.file is None:
+        raise ValueError("fetch_file needs a source with a `file`")
+    if source.path is not None:
+        path = fetch(source) / source.file
+        if not path.is_file():
+            raise WeightsUnavailable(f"checkpoint {path} does not exist")
+        return path
+
+    from huggingface_hub import hf_hub_download
+
+    local_only = is_offline(offline)
+    with _hub_errors(source, local_only, f" {source.file}"):
+        path = hf_hub_download(
+            source.repo, source.file, revision=source.revision, local_files_only=local_only, cache_dir=cache_dir
+        )
+    return Path(path)
+
+
+@contextlib.contextmanager
+def _hub_errors(source: Source, local_only: bool, what: str) -> Iterator[None]:
+    """Turns huggingface_hub's errors into WeightsUnavailable messages that say what to do."""
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        yield
     except (LocalEntryNotFoundError, FileNotFoundError) as e:
         how = "offline mode is on" if local_only else "the hub could not be reached"
         raise WeightsUnavailable(
             f"weights for {source.repo}@{source.revision} are not in the Hugging Face cache and {how}. "
-            f"On a machine with internet run: hf download {source.repo} --revision {source.revision}"
-            + (f" --include {' '.join(f + '/*' for f in folders)}" if folders else "")
-            + " (then copy the cache, see HF_HOME), or unset HF_HUB_OFFLINE."
+            f"On a machine with internet run: hf download {source.repo}{what} --revision {source.revision}"
+            " (then copy the cache, see HF_HOME), or unset HF_HUB_OFFLINE."
         ) from e
     except GatedRepoError as e:
         raise WeightsUnavailable(
@@ -84,7 +116,8 @@ def fetch(
         raise WeightsUnavailable(f"{source.repo} has no revision {source.revision}") from e
     except RepositoryNotFoundError as e:
         raise WeightsUnavailable(f"the hub has no repository {source.repo} (moved? see docs/registry.md)") from e
-    return Path(path)
+    except EntryNotFoundError as e:
+        raise WeightsUnavailable(f"{source.repo}@{source.revision} has no file {source.file}") from e
 
 
 def load_component(

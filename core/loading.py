@@ -111,7 +111,12 @@ def load(
         )
     family = plugins.family(entry.plugin)
     folders = entry.folders.get(role) or family.folders.get(role)
-    folder = fetch(entry.source, folders, offline=offline, allow_pickle=allow_pickle)
+    if entry.source.file is not None:
+        from .conversion import converted_folder
+
+        folder = converted_folder(entry, family, offline=offline, allow_pickle=allow_pickle)
+    else:
+        folder = fetch(entry.source, folders, offline=offline, allow_pickle=allow_pickle)
     request = LoadRequest(
         folder=folder,
         entry=entry,

@@ -27,12 +27,16 @@ class Strict(BaseModel):
 
 
 class Source(Strict):
-    """Where weights live: a hub repo pinned to a commit, a local folder, or a folder inside a package."""
+    """Where weights live: a hub repo pinned to a commit, a local folder, or a folder inside a package.
+
+    `file` names a single checkpoint in that repo or folder (e.g. a Lightning `model.ckpt`) that the
+    family's converter turns, once, into a per-component folder in priorswap's cache."""
 
     repo: str | None = None
     revision: str | None = None
     path: str | None = None
     package: str | None = None
+    file: str | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Source:
@@ -47,12 +51,14 @@ class Source(Strict):
                 )
         if self.package is not None and self.path is None:
             raise ValueError("`package` needs a `path` inside that package")
+        if self.file is not None and (not self.file or self.file.startswith("/") or ".." in Path(self.file).parts):
+            raise ValueError(f"file {self.file!r} must be a relative path inside the repo or folder")
         return self
 
     def describe(self) -> str:
-        if self.repo:
-            return f"{self.repo}@{self.revision[:10]}"
-        return f"{self.package}:{self.path}" if self.package else str(self.path)
+        where = f"{self.repo}@{self.revision[:10]}" if self.repo else (
+            f"{self.package}:{self.path}" if self.package else str(self.path))
+        return f"{where}:{self.file}" if self.file else where
 
 
 class ScheduleSpec(Strict):
@@ -110,6 +116,7 @@ class ModelEntry(Strict):
     learned_sigma: bool = False
     fixed_size: bool = False
     task: str | None = None
+    variant: str | None = None
     recommended: Recommended = Recommended()
     license: str | None = None
     description: str = ""

@@ -408,12 +408,10 @@ def test_openclip_vision_mapping_matches_reference():
     torch.testing.assert_close(out.image_embeds, ref.ln_post(tokens[:, 0]) @ ref.proj, atol=1e-5, rtol=1e-5)
 
 
-def test_convert_release_end_to_end(tmp_path, folders):
-    """A released-style single file (UNet, Resampler, OpenCLIP text + visual towers) → convert_release →
-    a folder that loads and samples; the encoders hold the mapped OpenCLIP weights."""
+def release_checkpoint(path: Path):
+    """A released-style single file (UNet, Resampler, OpenCLIP text + visual towers) at `path` (safetensors, or
+    a torch.save pickle for a .ckpt suffix); returns (overrides for convert_release, unet, text tower)."""
     from safetensors.torch import save_file
-
-    from priorswap.plugins.dynamicrafter.convert import convert_release
 
     torch.manual_seed(0)
     unet, proj = UNet3D(**UNET), Resampler(**PROJ)
@@ -432,8 +430,10 @@ def test_convert_release_end_to_end(tmp_path, folders):
     state.update({f"cond_stage_model.model.{k}": v for k, v in text.state_dict().items()})
     state.update({f"embedder.model.visual.{k}": v for k, v in visual.state_dict().items()})
     state.update({"betas": torch.zeros(1000), "model_ema.decay": torch.tensor(0.9)})
-    ckpt = tmp_path / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in state.items()}, ckpt)
+    if path.suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, path)
+    else:
+        torch.save({"state_dict": state}, path)
     overrides = {
         "unet": UNET, "image_proj": PROJ,
         "text_encoder": {"vocab_size": len(VOCAB), "hidden_size": CTX, "intermediate_size": 4 * CTX,
@@ -443,6 +443,15 @@ def test_convert_release_end_to_end(tmp_path, folders):
                           "num_attention_heads": 2, "image_size": 16, "patch_size": 8, "projection_dim": 8,
                           "hidden_act": "gelu"},
     }
+    return overrides, unet, text
+
+
+def test_convert_release_end_to_end(tmp_path, folders):
+    """convert_release → a folder that loads and samples; the encoders hold the mapped OpenCLIP weights."""
+    from priorswap.plugins.dynamicrafter.convert import convert_release
+
+    ckpt = tmp_path / "model.safetensors"
+    overrides, unet, text = release_checkpoint(ckpt)
     parts = folders["dc512"].parent / "parts"
     out = convert_release(ckpt, "dynamicrafter-512", tmp_path / "converted", tokenizer=parts / "tokenizer",
                           overrides=overrides)
@@ -565,3 +574,109 @@ def test_an_image_prior_frame_by_frame(folders, sd_folder, capsys):
     assert swap.latents.shape == (1, 4, FRAMES, 8, 8) and torch.isfinite(swap.latents).all()
     assert (swap.latents - cfg.latents).abs().max() > 1e-3
     assert seen and all(shape == (FRAMES, 4, 8, 8) and keys == ["encoder_hidden_states"] for shape, keys in seen)
+
+
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _checkpoint_entry(tmp_path, file: str, variant: str = "dynamicrafter-512") -> str:
+    path = tmp_path / "reg.yaml"
+    path.write_text(f"""
+version: 1
+models:
+  tiny-dc:
+    plugin: dynamicrafter
+    source: {{repo: tiny-org/dc, revision: {HUB_COMMIT}, file: {file}}}
+    variant: {variant}
+    latent_space: sd-kl-f8
+    schedule: {{beta_schedule: scaled_linear, beta_start: 0.00085, beta_end: 0.012, zero_terminal_snr: true}}
+    parameterization: v_prediction
+    modality: video
+    resolution: 512
+    task: image-to-video
+""")
+    return str(path)
+
+
+@pytest.fixture
+def checkpoint_hub(tmp_path, folders, monkeypatch):
+    """A Hugging Face cache holding a released-style checkpoint repo, offline; the tokenizer from the tiny parts."""
+    import huggingface_hub
+
+    from priorswap.plugins.dynamicrafter import convert
+    from priorswap.registry import Source
+
+    repo = tmp_path / "hub" / "models--tiny-org--dc"
+    (repo / "snapshots" / HUB_COMMIT).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(HUB_COMMIT)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("PRIORSWAP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(convert, "TOKENIZER_SOURCE", Source(path=str(folders["dc512"].parent / "parts")))
+    return repo / "snapshots" / HUB_COMMIT
+
+
+def test_a_checkpoint_entry_is_converted_once_into_the_cache(checkpoint_hub, tmp_path, folders, monkeypatch, capsys):
+    from priorswap.conversion import DONE
+    from priorswap.plugins.dynamicrafter import convert
+
+    overrides, unet, _ = release_checkpoint(checkpoint_hub / "model.safetensors")
+    monkeypatch.setattr(convert, "CONVERT_OVERRIDES", overrides)
+    calls, real = [], convert.convert_release
+    monkeypatch.setattr(convert, "convert_release", lambda *a, **k: calls.append(a) or real(*a, **k))
+    registry = [_checkpoint_entry(tmp_path, "model.safetensors")]
+    pair = load_pair("tiny-dc", registry_files=registry)
+    folder = pair.model.folder
+    assert len(calls) == 1 and folder.is_relative_to(tmp_path / "cache" / "converted") and (folder / DONE).is_file()
+    assert {p.name for p in folder.iterdir()} >= {"unet", "image_proj", "text_encoder", "image_encoder", "tokenizer"}
+    assert "converting tiny-org/dc@0123456789:model.safetensors once" in capsys.readouterr().err
+    torch.testing.assert_close(pair.model.denoiser.net.state_dict()["out.2.weight"], unet.state_dict()["out.2.weight"])
+    # later runs read the converted folder only: the checkpoint may even be gone
+    (checkpoint_hub / "model.safetensors").unlink()
+    again = load_pair("tiny-dc", registry_files=registry)
+    assert len(calls) == 1 and again.model.folder == folder
+    tokens = again.model.denoiser.encode_prompts(["a cat"])  # the converted text encoder works (sampling after
+    assert torch.isfinite(tokens).all()                       # conversion: test_convert_release_end_to_end)
+
+
+def test_a_pickled_checkpoint_entry_needs_the_opt_in(checkpoint_hub, tmp_path, monkeypatch):
+    from priorswap.errors import WeightsUnavailable
+    from priorswap.plugins.dynamicrafter import convert
+
+    overrides, unet, _ = release_checkpoint(checkpoint_hub / "model.ckpt")
+    monkeypatch.setattr(convert, "CONVERT_OVERRIDES", overrides)
+    registry = [_checkpoint_entry(tmp_path, "model.ckpt")]
+    with pytest.raises(WeightsUnavailable, match="pickled checkpoint.*--allow-pickle"):
+        load_pair("tiny-dc", registry_files=registry)
+    assert not (tmp_path / "cache" / "converted").exists()
+    seen, real = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: seen.append(k.get("weights_only")) or real(*a, **k))
+    pair = load_pair("tiny-dc", registry_files=registry, allow_pickle=True)
+    assert seen == [True]
+    torch.testing.assert_close(pair.model.denoiser.net.state_dict()["out.2.weight"], unet.state_dict()["out.2.weight"])
+
+
+def test_a_failed_conversion_leaves_nothing(checkpoint_hub, tmp_path):
+    release_checkpoint(checkpoint_hub / "model.safetensors")
+    with pytest.raises(PriorswapError, match="needs `variant:` naming its preset"):
+        load_pair("tiny-dc", registry_files=[_checkpoint_entry(tmp_path, "model.safetensors", "dc-9000")])
+    leftovers = [p for p in (tmp_path / "cache" / "converted").rglob("*") if p.is_file()]
+    assert leftovers == []
+
+
+def test_the_shipped_checkpoint_entry_says_what_to_do(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from priorswap.errors import WeightsUnavailable
+    from priorswap.registry import Source
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("PRIORSWAP_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(WeightsUnavailable, match="--allow-pickle"):
+        load_pair("dynamicrafter-512")
+    with pytest.raises(WeightsUnavailable,
+                       match="hf download Doubiiu/DynamiCrafter_512 model.ckpt --revision 9eb874455b79"):
+        load_pair("dynamicrafter-512", allow_pickle=True, offline=True)
+    with pytest.raises(ValueError, match="relative path"):
+        Source(repo="a/b", revision=HUB_COMMIT, file="../model.ckpt")

@@ -12,6 +12,7 @@ from priorswap import Family, hookimpl
 
 REGISTRY_FILE = Path(__file__).with_name("registry.yaml")
 _DENOISER = "priorswap.plugins.dynamicrafter.denoiser"
+_CONVERT = "priorswap.plugins.dynamicrafter.convert:convert_for_entry"
 
 
 @hookimpl
@@ -23,6 +24,7 @@ def register_denoisers(register):
             describe=f"{_DENOISER}:describe",
             pipeline_classes=("DynamiCrafterPipeline",),
             default_task="image-to-video",
+            convert=_CONVERT,
             folders={"model": ["unet", "image_proj", "scheduler", "text_encoder", "tokenizer", "image_encoder",
                                "vae"]},
         )
@@ -34,6 +36,7 @@ def register_denoisers(register):
             describe=f"{_DENOISER}:describe",
             pipeline_classes=("VideoCrafterPipeline",),
             default_task="text-to-video",
+            convert=_CONVERT,
             # a prior needs only its UNet and schedule; the text encoder is fetched on a null-cache miss
             folders={
                 "model": ["unet", "scheduler", "text_encoder", "tokenizer", "vae"],

