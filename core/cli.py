@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .dtypes import parse_dtype
 from .errors import PriorswapError
 
 app = typer.Typer(
@@ -118,16 +119,6 @@ def _is_list(annotation: Any) -> bool:
     return any(_is_list(arg) for arg in typing.get_args(annotation)) if origin is not None else False
 
 
-DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
-          "bf16": "bfloat16", "bfloat16": "bfloat16"}
-
-
-def _dtype(name: str, option: str) -> Any:
-    import torch
-
-    if name.lower() not in DTYPES:
-        raise PriorswapError(f"{option} takes fp32, fp16 or bf16, got '{name}'")
-    return getattr(torch, DTYPES[name.lower()])
 
 
 def _ints(text: str, option: str) -> list[int]:
@@ -194,6 +185,9 @@ def sample(
     ] = False,
     dtype: Annotated[str, typer.Option(help="Model weights dtype: fp32, fp16 or bf16.")] = "fp32",
     prior_dtype: Annotated[str | None, typer.Option(help="Prior weights dtype (default: --dtype).")] = None,
+    autocast: Annotated[
+        str | None, typer.Option(help="Run the networks under torch.autocast in fp16/bf16 (weights keep --dtype).")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, mps (default: cuda if available).")] = None,
     offload: Annotated[
         bool, typer.Option(help="Keep networks in CPU memory, move each to the device per forward (accelerate).")
@@ -222,11 +216,13 @@ def sample(
     from .api import load_pair
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    mixed = parse_dtype(autocast, "--autocast") if autocast else None
     with err.status(f"loading {model}" + (f" and {prior}" if prior else "")):
         pair = load_pair(
             model, prior, registry_files=registry or [], offline=offline or None, allow_pickle=allow_pickle,
-            match=match, dtype=_dtype(dtype, "--dtype"),
-            prior_dtype=_dtype(prior_dtype, "--prior-dtype") if prior_dtype else None, device=device, offload=offload,
+            match=match, dtype=parse_dtype(dtype, "--dtype"),
+            prior_dtype=parse_dtype(prior_dtype, "--prior-dtype") if prior_dtype else None, device=device,
+            offload=offload,
         )
     inputs = _task_inputs(pair.task, raw)
     rule = pair.guidance_for(method, guidance, image_guidance).with_options(rescale=rescale, interval=lo_hi)
@@ -242,7 +238,8 @@ def sample(
         label = f"{rule.name} γ={rule.terms[0].weight:g}" + (f" seed {s}" if len(seed_list) > 1 else "")
         with progress_callback(n_steps, label, err) as callback:
             result = pair.sample(inputs, guidance=rule, steps=n_steps, seed=s, scheduler=scheduler,
-                                 callback=callback, decode=decode, num_samples=num_samples, eta=eta)
+                                 callback=callback, decode=decode, num_samples=num_samples, eta=eta,
+                                 autocast=mixed)
         if decode and result.images is None:
             raise PriorswapError(f"'{model}' has no decoder (vae/ folder); use --save-latents instead")
         latents.append(result.latents.float().cpu())
@@ -264,6 +261,95 @@ def sample(
 
         paths = save_images(torch.cat(images), out_dir, names)
         err.print(f"{len(paths)} images → {out_dir}/")
+
+
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise PriorswapError(f"{option} takes comma-separated numbers, got '{text}'") from None
+    if not values:
+        raise PriorswapError(f"{option} needs at least one value")
+    return values
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[str, typer.Option(help="Fine-tuned model: registry id or local diffusers folder.")],
+    prior: Annotated[
+        list[str], typer.Option(help="Prior id(s) or folder(s); 'none' is plain CFG. Repeat or comma-separate.")
+    ] = ["none"],  # noqa: B006
+    data: Annotated[
+        Path | None, typer.Option(help="Dataset folder with items.jsonl (format: docs/eval.md). Without it, the "
+                                       "task's built-in evaluator runs, if a plugin has one.")
+    ] = None,
+    guidance: Annotated[
+        str | None, typer.Option(help="Guidance scales, comma-separated (text scale for dual guidance).")
+    ] = None,
+    image_guidance: Annotated[float | None, typer.Option(help="γ_I for dual guidance.")] = None,
+    samples: Annotated[
+        int | None, typer.Option(help="Samples per method, scale and seed (built-in evaluators).")
+    ] = None,
+    samples_per_item: Annotated[
+        int | None, typer.Option(help="With --data: samples per item and seed (default 1).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="With --data: only the first N items.")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Seeds, comma-separated (pooled into the CIs).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Sampling steps.")] = None,
+    clip: Annotated[
+        str | None,
+        typer.Option(help="With --data: CLIP model for the CLIP metrics, hub id (ID@REVISION pins one) "
+                          "or local folder (default openai/clip-vit-large-patch14)."),
+    ] = None,
+    ablate_adapters: Annotated[
+        bool, typer.Option(help="Also run each prior with adapters disabled (naive timestep reuse).")
+    ] = False,
+    out: Annotated[Path | None, typer.Option(help="Folder for results.json, results.md and the images.")] = None,
+    offline: Annotated[bool, typer.Option(help="Never contact the hub; use cached weights only.")] = False,
+    allow_pickle: Annotated[
+        bool, typer.Option(help="Allow pickled .bin weights (loaded with torch.load(weights_only=True)).")
+    ] = False,
+    dtype: Annotated[str, typer.Option(help="Weights dtype: fp32, fp16 or bf16.")] = "fp32",
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, mps (default: cuda if available).")] = None,
+    registry: RegistryOpt = None,
+) -> None:
+    """Measure a model with CFG and prior swaps over guidance scales and seeds, with bootstrap CIs:
+    on a dataset folder (--data DIR, the task's metrics) or with the task's built-in evaluator."""
+    from .family import resolve_ref
+    from .plugin_manager import get_plugins
+
+    priors = [p.strip() for item in prior for p in item.split(",") if p.strip()]
+    if not priors:
+        raise PriorswapError("--prior needs at least one value ('none' for plain CFG)")
+    dataset_only = {"--limit": limit, "--clip": clip, "--samples-per-item": samples_per_item}
+    if data is None and any(v is not None for v in dataset_only.values()):
+        given = ", ".join(k for k, v in dataset_only.items() if v is not None)
+        raise PriorswapError(f"{given} only apply with --data DIR")
+    if data is not None and samples is not None:
+        raise PriorswapError("--samples is for built-in evaluators; with --data every item is sampled "
+                             "--samples-per-item times per seed (and --limit picks the items)")
+    from .dataset_eval import EvalRequest, run, task_for
+
+    request = EvalRequest(
+        model=model, priors=[None if p.lower() == "none" else p for p in priors],
+        guidance=_floats(guidance, "--guidance") if guidance is not None else None,
+        image_guidance=image_guidance, samples=samples, seeds=_ints(seeds, "--seeds") if seeds else None,
+        steps=steps, out=out, ablate_adapters=ablate_adapters, registry=registry or [], offline=offline,
+        allow_pickle=allow_pickle, device=device, dtype=parse_dtype(dtype, "--dtype"), data=data, limit=limit,
+        clip=clip, samples_per_item=1 if samples_per_item is None else samples_per_item,
+    )
+    if data is not None:
+        run(request)
+        return
+    plugins = get_plugins()
+    task_name, _ = task_for(model, registry or [], plugins)
+    evaluator = plugins.evaluators.get(task_name)
+    if evaluator is None:
+        raise PriorswapError(
+            f"no built-in evaluator for task '{task_name}' of '{model}': pass --data DIR, a folder with "
+            "items.jsonl (one task input per line; the format is documented in docs/eval.md)"
+        )
+    resolve_ref(evaluator)(request)
 
 
 @app.command()

@@ -41,3 +41,9 @@ def register_golden_checks(register: Callable[..., None]) -> None:
     """Opt a family into `priorswap check-golden`: register(family, checker). `checker(folder, fixture)`
     (a callable or "module:attr") runs the fixture's call through the plugin and returns the produced
     tensors by the names in fixture.json's `compare` (or a `priorswap.golden.Produced`)."""
+
+
+@hookspec
+def register_evaluators(register: Callable[..., None]) -> None:
+    """Give tasks a built-in `priorswap eval` (run without --data): register(task_name, evaluator), where
+    `evaluator(request)` (a callable or "module:attr") takes a `priorswap.dataset_eval.EvalRequest`."""

@@ -74,7 +74,7 @@ class Plugins:
             return
         for hook_name in (
             "register_denoisers", "register_tasks", "register_adapters", "register_registry_files",
-            "register_golden_checks",
+            "register_golden_checks", "register_evaluators",
         ):
             kind = hook_name.removeprefix("register_")
             for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
@@ -103,6 +103,9 @@ class Plugins:
             elif kind == "golden_checks":
                 family_name, checker = args
                 self.items.append((plugin, "golden", family_name, checker))
+            elif kind == "evaluators":
+                task_name, evaluator = args
+                self.items.append((plugin, "evaluator", task_name, evaluator))
             else:
                 self.items.append((plugin, "registry", "", Path(args[0])))
 
@@ -146,6 +149,11 @@ class Plugins:
     def golden_checks(self) -> dict[str, Any]:
         """family → checker for `priorswap check-golden`."""
         return {key: value for _, key, value in self._of("golden")}
+
+    @property
+    def evaluators(self) -> dict[str, Any]:
+        """task → built-in evaluator for `priorswap eval` without --data."""
+        return {key: value for _, key, value in self._of("evaluator")}
 
     @property
     def registry_files(self) -> list[Path]:

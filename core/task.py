@@ -31,12 +31,14 @@ class Task(ABC):
     """One way of using a fine-tuned model (class-conditional, novel view, editing, ...).
 
     `levels` are the guidance levels the task provides: ("full", "null") for one condition,
-    ("full", "partial", "null") for two (dual guidance).
+    ("full", "partial", "null") for two (dual guidance). `metrics` are the image metrics
+    `priorswap eval --data` computes for it (names from `priorswap.image_metrics.METRICS`).
     """
 
     name: ClassVar[str]
     Inputs: ClassVar[type[TaskInputs]]
     levels: ClassVar[tuple[Level, ...]] = ("full", "null")
+    metrics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: Denoiser, folder: object = None) -> None:
         self.model = model

@@ -52,6 +52,7 @@ def test_sample_writes_png_and_latents(tmp_path, capsys, dit_folder, dit_prior_f
         (["--method", "prior-swap", "--class-label", "1"], "needs a prior"),
         (["--class-label", "1", "--interval", "3"], "LO,HI"),
         (["--class-label", "1", "--dtype", "fp8"], "--dtype takes fp32, fp16 or bf16"),
+        (["--class-label", "1", "--autocast", "int8"], "--autocast takes fp32, fp16 or bf16"),
         (["--class-label", "1", "--seeds", "1,x"], "--seeds takes comma-separated integers"),
         (["--class-label", "1", "--num-samples", "0"], "--num-samples must be at least 1"),
     ],
@@ -144,3 +145,18 @@ def test_outputs_get_the_usual_file_permissions(tmp_path):
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "z.safetensors").stat().st_mode) == 0o666 & ~umask
     assert [p.name for p in tmp_path.iterdir()] == ["z.safetensors"]  # no temporary file left
+
+
+def test_autocast_runs_mixed_precision(tmp_path, capsys, dit_folder):
+    from safetensors.torch import load_file
+
+    outs = {}
+    for name, extra in (("plain", []), ("mixed", ["--autocast", "bf16"])):
+        path = tmp_path / f"{name}.safetensors"
+        code, _, err = run_cli(capsys, "sample", "--model", str(dit_folder), "--class-label", "3", "--steps", "3",
+                               "--save-latents", str(path), *extra)
+        assert code == 0, err
+        outs[name] = load_file(path)["latents"]
+    assert outs["mixed"].dtype == torch.float32
+    rel = (outs["mixed"] - outs["plain"]).abs().mean() / outs["plain"].abs().mean()
+    assert 0 < rel < 0.05

@@ -27,3 +27,50 @@ def test_docs_link_to_existing_pages():
     for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for target in re.findall(r"\]\(([^)#:]+\.md)\)", page.read_text()):
             assert (page.parent / target).is_file(), f"{page.name} links to missing {target}"
+
+
+def _commands(page: Path) -> list[list[str]]:
+    """The `priorswap ...` command lines of a page's shell blocks, continuation lines joined, as argv lists."""
+    import shlex
+
+    out, block, lang = [], None, ""
+    for line in page.read_text().splitlines():
+        if line.startswith("```"):
+            if block is None:
+                block, lang = [], line[3:].strip()
+            else:
+                if lang in ("", "bash", "sh"):
+                    for cmd in "\n".join(block).replace("\\\n", " ").splitlines():
+                        cmd = cmd.split("  #")[0].strip()
+                        if cmd.startswith("priorswap "):
+                            out.append(shlex.split(cmd)[1:])
+                block = None
+        elif block is not None:
+            block.append(line)
+    return out
+
+
+@pytest.mark.parametrize("page", ["docs/paper.md", "docs/eval.md"])
+def test_documented_commands_use_real_options(page):
+    """Every option of every command on the page exists: the command's own options, or (for `sample`) a
+    field of some registered task's inputs. These commands need GPUs and hub weights, so they are not run."""
+    import typer
+
+    from priorswap.cli import app
+    from priorswap.family import resolve_ref
+    from priorswap.plugin_manager import get_plugins
+
+    plugins = get_plugins()
+    plugins.add_commands(app)
+    group = typer.main.get_command(app)
+    task_options = {"--" + f.replace("_", "-") for ref in plugins.tasks.values()
+                    for f in resolve_ref(ref).Inputs.model_fields}
+    commands = _commands(ROOT / page)
+    assert commands, f"{page} shows no priorswap command"
+    for argv in commands:
+        command = group.commands[argv[0]]
+        known = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
+        if argv[0] == "sample":
+            known |= task_options
+        used = {a.split("=")[0] for a in argv[1:] if a.startswith("--")}
+        assert used <= known, f"{page}: `priorswap {' '.join(argv)}` uses unknown {sorted(used - known)}"

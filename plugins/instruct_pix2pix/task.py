@@ -58,6 +58,7 @@ class InstructPix2PixTask(Task):
     name = "instruct-pix2pix"
     Inputs = InstructPix2PixInputs
     levels = ("full", "partial", "null")
+    metrics = ("clip-image", "clip-text", "clip-direction")
 
     def __init__(self, model: Denoiser, folder: object = None) -> None:
         super().__init__(model, folder)

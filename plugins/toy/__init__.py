@@ -33,6 +33,12 @@ def register_tasks(register):
 
 
 @hookimpl
+def register_evaluators(register):
+    for task in ("toy-class", "toy-view", "toy-edit"):
+        register(task, "priorswap.plugins.toy.evaluate:run_request")
+
+
+@hookimpl
 def register_registry_files(register):
     register(REGISTRY_FILE)
 

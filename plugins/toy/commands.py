@@ -1,4 +1,5 @@
-"""CLI commands of the toy plugin: `priorswap demo`, `priorswap eval`, `priorswap toy train|results`."""
+"""CLI commands of the toy plugin: `priorswap demo`, `priorswap toy train|results`. (`priorswap eval` is the
+core's; the toy tasks give it their evaluator through the register_evaluators hook.)"""
 
 from __future__ import annotations
 
@@ -35,42 +36,6 @@ def register(cli: typer.Typer) -> None:
         from .demo import run
 
         run(out, samples=samples, steps=steps, seed=seed, console=Console(stderr=False))
-
-    @cli.command("eval")
-    def eval_(
-        model: Annotated[str, typer.Option(help="Toy model id (toy-digits-class, -view, -edit).")],
-        prior: Annotated[
-            list[str], typer.Option(help="Prior id(s); 'none' is plain CFG. Repeat or comma-separate.")
-        ] = ["none"],  # noqa: B006
-        guidance: Annotated[str, typer.Option(help="Guidance scales, comma-separated.")] = "1.5,2,3,5",
-        samples: Annotated[int, typer.Option(help="Samples per method, scale and seed.")] = 200,
-        seeds: Annotated[str, typer.Option(help="Seeds, comma-separated (pooled into the CIs).")] = "0,1,2",
-        steps: Annotated[int, typer.Option(help="DDIM steps.")] = 25,
-        image_guidance: Annotated[float | None, typer.Option(help="γ_I for the edit task.")] = None,
-        ablate_adapters: Annotated[
-            bool, typer.Option(help="Also run each prior with adapters disabled (naive timestep reuse).")
-        ] = False,
-        out: Annotated[Path | None, typer.Option(help="Folder for results.json, results.md, results.png.")] = None,
-    ) -> None:
-        """Measure a toy model with CFG and prior swaps: FD, accuracy, PSNR/SSIM with bootstrap CIs."""
-        from rich.console import Console
-
-        from .evaluate import Variant, evaluate, markdown, write_results
-
-        priors = [p.strip() for item in prior for p in item.split(",") if p.strip()]
-        variants = [Variant(None if p == "none" else p) for p in priors]
-        if ablate_adapters:
-            variants += [Variant(p, adapters=False) for p in priors if p != "none"]
-        console = Console()
-        records = evaluate(
-            model, variants, _floats(guidance, "--guidance"), samples=samples,
-            seeds=tuple(int(s) for s in _floats(seeds, "--seeds")), steps=steps, image_guidance=image_guidance,
-            progress=lambda msg: console.print(f"[dim]{msg}[/]"),
-        )
-        console.print(markdown(records, model))
-        if out is not None:
-            write_results(records, out, model)
-            console.print(f"results → {out}/results.json, results.md, results.png")
 
     toy = typer.Typer(help="The toy digits zoo: train it, regenerate its results page.", no_args_is_help=True)
     cli.add_typer(toy, name="toy")

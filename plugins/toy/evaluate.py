@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,6 +18,9 @@ from priorswap.engine import Route
 
 from . import data
 from .metrics import bootstrap, frechet_distance, gaussian, psnr_per_sample, ssim_per_sample
+
+if TYPE_CHECKING:
+    from priorswap.dataset_eval import EvalRequest
 
 BATCH = 250
 
@@ -225,6 +229,30 @@ def real_data_floor(
     name = "real-train-digits" + ("-augmented" if augmented else "")
     base = {"model": name, "prior": "none", "method": "data", "guidance": 0.0}
     return _fd_record(base, "fd", feats, reference.overall, n_boot)
+
+
+def run_request(request: EvalRequest) -> None:
+    """`priorswap eval` without --data for a toy model (registered for toy-class, -view and -edit with the
+    register_evaluators hook): every prior of `request.priors` (None = CFG; plus each prior without adapters
+    with `ablate_adapters`) × `guidance` (default 1.5, 2, 3, 5) × `seeds` (default 0, 1, 2), `samples` per
+    method, scale and seed (default 200), `steps` DDIM steps (default 25); prints the markdown table and
+    writes results.json, results.md and results.png to `request.out` when set. The toy models are shipped,
+    so the loading options (registry, offline, device, dtype) do not apply."""
+    from rich.console import Console
+
+    variants = [Variant(p) for p in request.priors]
+    if request.ablate_adapters:
+        variants += [Variant(p, adapters=False) for p in request.priors if p is not None]
+    console = Console()
+    records = evaluate(
+        request.model, variants, list(request.guidance or (1.5, 2, 3, 5)), samples=request.samples or 200,
+        seeds=tuple(request.seeds or (0, 1, 2)), steps=request.steps or 25, image_guidance=request.image_guidance,
+        progress=lambda msg: console.print(f"[dim]{msg}[/]"),
+    )
+    console.print(markdown(records, request.model))
+    if request.out is not None:
+        write_results(records, request.out, request.model)
+        console.print(f"results → {request.out}/results.json, results.md, results.png")
 
 
 def write_results(records: list[Record], out: Path, title: str) -> None:

@@ -32,6 +32,7 @@ class ImageVariationTask(Task):
     name = "image-variation"
     Inputs = ImageVariationInputs
     levels = ("full", "null")
+    metrics = ("fid", "fd-clip", "clip-image")
 
     def __init__(self, model: Denoiser, folder: object = None) -> None:
         super().__init__(model, folder)

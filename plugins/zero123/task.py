@@ -86,6 +86,7 @@ class NovelViewTask(Task):
 
     name = "novel-view"
     Inputs = NovelViewInputs
+    metrics = ("psnr", "ssim", "lpips")
 
     def batch_size(self, inputs: NovelViewInputs) -> int:
         return inputs.count

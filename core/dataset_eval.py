@@ -1,0 +1,531 @@
+"""`priorswap eval --data DIR`: sample every item of a dataset folder with each variant (plain CFG or a
+prior swap) × guidance scale × seed, measure the task's metrics, and report them with bootstrap CIs.
+
+Writes results.json (one record per variant × scale with every per-sample value), results.md (a
+table) and samples.png (input | target | one column per variant and scale, for the first items).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import image_metrics as M
+from .datasets import Item, load_items
+from .errors import PriorswapError
+from .family import resolve_ref
+from .plugin_manager import Plugins, get_plugins
+from .task import Task
+
+INPUT_FIELD = "image"  # the task input that holds the source image (clip-image, clip-direction, the grid)
+TEXT_FIELD = "prompt"  # the task input clip-text falls back to without caption_out
+GRID_ITEMS = 4
+N_BOOT = 500
+N_BOOT_SET = 200  # Fréchet distances cost an eigendecomposition per resample
+
+
+@dataclass
+class EvalRequest:
+    """What `priorswap eval` was asked. None means "the evaluator's default"; a built-in evaluator (the
+    `register_evaluators` hook) may ignore options that do not apply to it."""
+
+    model: str
+    priors: list[str | None] = field(default_factory=lambda: [None])  # None = plain CFG / dual CFG
+    guidance: list[float] | None = None
+    image_guidance: float | None = None
+    samples: int | None = None
+    seeds: list[int] | None = None
+    steps: int | None = None
+    out: Path | None = None
+    ablate_adapters: bool = False
+    registry: list[str] = field(default_factory=list)
+    offline: bool = False
+    allow_pickle: bool = False
+    device: str | None = None
+    dtype: Any = None  # a torch dtype, None = float32
+    data: Path | None = None
+    limit: int | None = None
+    clip: str | None = None
+    samples_per_item: int = 1
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A way of sampling: plain CFG (prior None) or a swap with `prior`, with or without adapters."""
+
+    prior: str | None
+    adapters: bool = True
+
+    @property
+    def label(self) -> str:
+        if self.prior is None:
+            return "cfg"
+        return f"swap:{self.prior}" + ("" if self.adapters else " (no adapters)")
+
+    def method(self, dual: bool) -> str:
+        return ("dual-" if dual else "") + ("cfg" if self.prior is None else "prior-swap")
+
+
+def variants(request: EvalRequest) -> list[Variant]:
+    """One variant per prior (None = CFG), plus each prior without adapters when ablating."""
+    out = [Variant(p) for p in request.priors]
+    if request.ablate_adapters:
+        out += [Variant(p, adapters=False) for p in request.priors if p is not None]
+    return list(dict.fromkeys(out))
+
+
+def task_for(model: str, registry_files: list[str], plugins: Plugins) -> tuple[str, type[Task]]:
+    """The task name and class of a model (a registry id or a local folder), without loading weights."""
+    from .loading import resolve
+    from .registry import Registry
+
+    registry = Registry.load(registry_files, plugins.registry_files)
+    entry = resolve(model, registry, plugins).entry
+    name = entry.task or plugins.family(entry.plugin).default_task
+    if name is None or name not in plugins.tasks:
+        raise PriorswapError(f"no task '{name}' is registered for '{model}' (tasks: {', '.join(plugins.tasks)})")
+    return name, resolve_ref(plugins.tasks[name])
+
+
+# ---- measuring ------------------------------------------------------------------------------------------
+
+
+def _to_unit(image: torch.Tensor) -> torch.Tensor:
+    return ((image.float() + 1) / 2).clamp(0, 1)
+
+
+def _path(item: Item) -> Path | None:
+    value = item.value(INPUT_FIELD)
+    return Path(value) if isinstance(value, (str, Path)) else None
+
+
+def _texts(item: Item, rows: int) -> list[str] | None:
+    """The text each output row should show: caption_out, else the row's prompt."""
+    if item.caption_out:
+        return [item.caption_out] * rows
+    prompt = item.value(TEXT_FIELD)
+    if not prompt:
+        return None
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    per = rows // len(prompts) if rows % len(prompts) == 0 else 0
+    return [prompts[r // per] for r in range(rows)] if per else [prompts[0]] * rows
+
+
+@dataclass
+class Tally:
+    """What one variant × scale produced: per-sample values and, for set metrics, features by item."""
+
+    values: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
+    features: dict[str, dict[str, list[np.ndarray]]] = field(default_factory=lambda: defaultdict(dict))
+
+
+class Measurer:
+    """Computes a task's metrics on decoded outputs, item by item. Metrics the data or the machine cannot
+    support are listed in `skipped` with the reason; what depends only on an item is computed once."""
+
+    def __init__(self, names: tuple[str, ...], items: list[Item], clip: str | None, device: str,
+                 offline: bool, allow_pickle: bool) -> None:
+        self.items = items
+        self.skipped: dict[str, str] = {}
+        names = list(dict.fromkeys(names))
+        if "clip-image" in names and any(i.target for i in items):
+            names.insert(names.index("clip-image") + 1, "clip-image-target")
+        self.reference = self._reference_kind(items)
+        for name in names:
+            reason = self._data_gap(name, items)
+            if reason:
+                self.skipped[name] = reason
+        active = [n for n in names if n not in self.skipped]
+        self.lpips = self.inception = self.clip = None
+        self._load(active, clip or M.DEFAULT_CLIP, device, offline, allow_pickle)
+        self.active = [n for n in active if n not in self.skipped]
+        self.declared = names
+        self._cache: dict[Any, Any] = {}
+
+    @staticmethod
+    def _reference_kind(items: list[Item]) -> str | None:
+        if all(i.target for i in items):
+            return "target"
+        if all(_path(i) for i in items):
+            return "input"
+        return None
+
+    def _data_gap(self, name: str, items: list[Item]) -> str | None:
+        needs = M.METRICS[name].needs
+        if needs == "target" and not any(i.target for i in items):
+            return "needs a `target` image in the items"
+        if needs == "image" and not any(_path(i) for i in items):
+            return f"needs the task input `{INPUT_FIELD}`"
+        if needs == "text" and not any(i.caption_out or i.value(TEXT_FIELD) for i in items):
+            return f"needs `caption_out` or a `{TEXT_FIELD}` in the items"
+        if needs == "captions" and not any(i.caption_in and i.caption_out and _path(i) for i in items):
+            return "needs `caption_in` and `caption_out` in the items"
+        if needs == "reference set":
+            if self.reference is None:
+                return f"needs a `target` on every item, or the task input `{INPUT_FIELD}` on every item"
+            if len(items) < 2:
+                return "a Fréchet distance needs at least 2 items"
+        return None
+
+    def _load(self, active: list[str], clip: str, device: str, offline: bool, allow_pickle: bool) -> None:
+        if "lpips" in active:
+            try:
+                self.lpips = M.Lpips(device, offline)
+            except M.MetricUnavailable as e:
+                self.skipped["lpips"] = e.reason
+        if "fid" in active:
+            try:
+                self.inception = M.InceptionFeatures(device, offline)
+            except M.MetricUnavailable as e:
+                self.skipped["fid"] = e.reason
+        needs_clip = [n for n in active if n in M.CLIP_METRICS]
+        if needs_clip:
+            try:
+                self.clip = M.Clip.load(clip, device, offline, allow_pickle)
+            except M.MetricUnavailable as e:
+                for n in needs_clip:
+                    self.skipped[n] = e.reason
+
+    # -- per-item references: images are read when needed, embeddings computed once -------------------------
+    def _once(self, key: Any, make: Any) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    @staticmethod
+    def input_pil(item: Item) -> Any:
+        from .images import open_image
+
+        return open_image(_path(item))
+
+    @staticmethod
+    def target(item: Item, size: tuple[int, int]) -> torch.Tensor:
+        """The target image in [0, 1], (1, 3, H, W), resized (bicubic) to the output size."""
+        from .images import load_image
+
+        return _to_unit(load_image(item.target, size))
+
+    def clip_image(self, key: tuple, make_pil: Any) -> torch.Tensor:
+        return self._once(("clip",) + key, lambda: self.clip.images([make_pil()]))
+
+    def clip_text(self, text: str) -> torch.Tensor:
+        return self._once(("text", text), lambda: self.clip.texts([text]))
+
+    # -- measuring -------------------------------------------------------------------------------------------
+    def measure(self, item: Item, images: torch.Tensor, seed: int, tally: Tally) -> None:
+        """Adds the metrics of one item's outputs (B, 3, H, W) in [0, 1] to `tally`."""
+        rows, size = images.shape[0], tuple(images.shape[-2:])
+        values: dict[str, np.ndarray] = {}
+        if item.target is not None:
+            target = self.target(item, size).expand_as(images)
+            for name, fn in (("psnr", M.psnr), ("ssim", M.ssim), ("lpips", self.lpips)):
+                if name in self.active:
+                    values[name] = fn(images, target)
+        embeds = self.clip.images(images) if self.clip is not None else None
+        source = _path(item)
+        if embeds is not None:
+            if "clip-image" in self.active and source:
+                values["clip-image"] = M.cosine(embeds, self.clip_image(("in", item.id), lambda: self.input_pil(item)))
+            if "clip-image-target" in self.active and item.target:
+                from .images import open_image
+
+                ref = self.clip_image(("target", item.id), lambda: open_image(item.target))
+                values["clip-image-target"] = M.cosine(embeds, ref)
+            texts = _texts(item, rows)
+            if "clip-text" in self.active and texts:
+                values["clip-text"] = M.cosine(embeds, torch.cat([self.clip_text(t) for t in texts]))
+            if "clip-direction" in self.active and item.caption_in and item.caption_out and source:
+                in_image = self.clip_image(("in", item.id), lambda: self.input_pil(item))
+                values["clip-direction"] = M.clip_direction(
+                    embeds, in_image, self.clip_text(item.caption_out), self.clip_text(item.caption_in)
+                )
+            if "fd-clip" in self.active:
+                tally.features["fd-clip"].setdefault(item.id, []).append(embeds.double().numpy())
+        if "fid" in self.active:
+            tally.features["fid"].setdefault(item.id, []).append(self.inception(images))
+        for name, vals in values.items():
+            tally.values[name] += [
+                {"item": item.id, "seed": seed, "sample": k, "value": _finite(float(v))} for k, v in enumerate(vals)
+            ]
+
+    def reference_features(self, name: str) -> np.ndarray:
+        """Features of the reference set (the targets, or the input images) for a Fréchet distance."""
+        from .images import open_image
+
+        def make() -> np.ndarray:
+            feats = []
+            for item in self.items:
+                path = item.target if self.reference == "target" else _path(item)
+                if name == "fd-clip":
+                    feats.append(self.clip.images([open_image(path)]).double().numpy())
+                else:
+                    feats.append(self.inception(_to_unit(_load_native(path))))
+            return np.concatenate(feats)
+
+        return self._once(("reference", name), make)
+
+
+def _load_native(path: Path) -> torch.Tensor:
+    from .images import load_image
+
+    return load_image(path)
+
+
+# ---- aggregating -------------------------------------------------------------------------------------------
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no NaN or infinity: they are written as null."""
+    return x if math.isfinite(x) else None
+
+
+def summarise(measurer: Measurer, tally: Tally) -> dict[str, dict]:
+    """metric → {value, ci_low, ci_high, n, items, higher_is_better, per_sample}. Intervals resample items
+    (every sample of an item moves together), the unit a dataset is drawn in."""
+    out: dict[str, dict] = {}
+    for name in measurer.active:
+        if name in M.SET_METRICS:
+            groups = tally.features.get(name) or {}
+            if len(groups) < 2:
+                continue
+            ref = M.gaussian_fit(measurer.reference_features(name))
+            parts = [np.concatenate(v) for v in groups.values()]
+            stat = lambda idx, parts=parts, ref=ref: M.frechet_distance(  # noqa: E731
+                np.concatenate([parts[i] for i in idx]), ref)
+            value, low, high = M.bootstrap_ci(np.arange(len(parts)), stat, n=N_BOOT_SET, recentre=True)
+            n, n_items, per_sample = sum(len(p) for p in parts), len(parts), None
+        else:
+            samples = tally.values.get(name) or []
+            if not samples:
+                continue
+            by_item: dict[str, list[float]] = defaultdict(list)
+            for s in samples:
+                if s["value"] is not None:  # NaN/inf outputs (e.g. an fp16 overflow) are kept as null, not averaged
+                    by_item[s["item"]].append(s["value"])
+            if not by_item:
+                continue
+            value, low, high = M.bootstrap_ci(np.array([np.mean(v) for v in by_item.values()]), n=N_BOOT)
+            n, n_items, per_sample = sum(len(v) for v in by_item.values()), len(by_item), samples
+        out[name] = {
+            "value": _finite(value), "ci_low": _finite(low), "ci_high": _finite(high), "n": n, "items": n_items,
+            "higher_is_better": M.METRICS[name].higher_is_better, "per_sample": per_sample,
+        }
+        if per_sample is not None and n < len(per_sample):
+            out[name]["non_finite"] = len(per_sample) - n
+    return out
+
+
+# ---- the grid ---------------------------------------------------------------------------------------------
+
+
+def _fit(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(3, h, w) in [0, 1] scaled to fit height × width (aspect kept), centred on white."""
+    h, w = image.shape[-2:]
+    scale = min(height / h, width / w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    if (nh, nw) != (h, w):
+        image = F.interpolate(image[None].float(), (nh, nw), mode="bilinear", align_corners=False,
+                              antialias=True)[0].clamp(0, 1)
+    cell = torch.ones(3, height, width)
+    top, left = (height - nh) // 2, (width - nw) // 2
+    cell[:, top : top + nh, left : left + nw] = image
+    return cell
+
+
+def grid_cells(measurer: Measurer, shown: list[Item], columns: list[str], outputs: dict) -> tuple[torch.Tensor, int]:
+    """Rows of input | target | each variant × scale for the first items; white where a cell is missing."""
+    first = next(iter(outputs.values()))
+    height, width = first.shape[-2:]
+    with_input = any(_path(i) for i in shown)
+    with_target = any(i.target for i in shown)
+    cells = []
+    for item in shown:
+        row = []
+        if with_input:
+            row.append(measurer.input_pil(item) if _path(item) else None)
+        if with_target:
+            row.append(measurer.target(item, (height, width)) if item.target else None)
+        row += [outputs.get((item.id, c)) for c in columns]
+        for cell in row:
+            if cell is None:
+                cells.append(torch.ones(3, height, width))
+                continue
+            if not isinstance(cell, torch.Tensor):
+                from .images import pil_to_tensor
+
+                cell = _to_unit(pil_to_tensor(cell))
+            cells.append(_fit(cell.reshape(-1, *cell.shape[-3:])[0], height, width))
+    return torch.stack(cells), with_input + with_target + len(columns)
+
+
+# ---- writing ---------------------------------------------------------------------------------------------
+
+
+def _fmt(m: dict) -> str:
+    if m["value"] is None:
+        return "—"
+    lo, hi = m["ci_low"], m["ci_high"]
+    return f"{m['value']:.4g} [{lo:.4g}, {hi:.4g}]" if lo is not None and hi is not None else f"{m['value']:.4g}"
+
+
+def markdown(results: dict) -> str:
+    names = [n for n in results["metrics"] if any(n in r["metrics"] for r in results["records"])]
+    lines = [
+        f"## {results['model']} on {results['data']}", "",
+        f"Task `{results['task']}`, {results['items']} items, seeds {', '.join(map(str, results['seeds']))}, "
+        f"{results['samples_per_item']} sample(s) per item and seed, {results['steps']} steps. "
+        "95 % bootstrap intervals over items.", "",
+    ]
+    if names:
+        arrows = [("↑" if M.METRICS[n].higher_is_better else "↓") for n in names]
+        lines += ["| method | γ | " + " | ".join(f"{n} {a}" for n, a in zip(names, arrows, strict=True)) + " |",
+                  "|---|---|" + "---|" * len(names)]
+        for r in results["records"]:
+            cells = [_fmt(r["metrics"][n]) if n in r["metrics"] else "" for n in names]
+            gamma = f"{r['guidance']:g}" + (f" / γI={r['image_guidance']:g}" if r["image_guidance"] is not None else "")
+            lines.append(f"| {r['method']} | {gamma} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if results["skipped"]:
+        lines += ["Skipped metrics:", ""] + [f"- **{k}**: {v}" for k, v in results["skipped"].items()] + [""]
+    lines += [f"samples.png columns: {' | '.join(results['grid_columns'])} (first {results['grid_items']} items)", ""]
+    return "\n".join(lines)
+
+
+def write_outputs(out: Path, results: dict, cells: torch.Tensor | None, columns: int) -> None:
+    """results.json, results.md and samples.png, each written atomically."""
+    from .media import save_grid, write_atomic
+
+    text = json.dumps(results, indent=1, allow_nan=False)
+    write_atomic(out / "results.json", lambda tmp: Path(tmp).write_text(text))
+    page = markdown(results)
+    write_atomic(out / "results.md", lambda tmp: Path(tmp).write_text(page))
+    if cells is not None:
+        save_grid(cells, out / "samples.png", columns=columns)
+
+
+# ---- the run -----------------------------------------------------------------------------------------------
+
+
+def _console(stderr: bool) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+@dataclass
+class _Grid:
+    """The first sample of the first seed, for the first items, per column (variant × scale)."""
+
+    items: list[Item]
+    columns: list[str] = field(default_factory=list)
+    outputs: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+
+    def keep(self, item: Item, column: str, seed: int, first_seed: int, images: torch.Tensor) -> None:
+        if seed == first_seed and any(i.id == item.id for i in self.items):
+            self.outputs[(item.id, column)] = images[0]
+
+
+def _sample_variant(request: EvalRequest, variant: Variant, items: list[Item], measurer: Measurer,
+                    grid: _Grid, progress: Any, bar: Any, plugins: Plugins, device: str) -> tuple[list[dict], int]:
+    """Loads the variant's pair once, samples every scale × seed × item with it; (records, steps)."""
+    from .api import load_pair
+
+    progress.update(bar, description=f"loading {variant.label}")
+    pair = load_pair(
+        request.model, variant.prior, registry_files=request.registry, offline=request.offline or None,
+        allow_pickle=request.allow_pickle, dtype=request.dtype, device=device, adapters=variant.adapters,
+        plugins=plugins,
+    )
+    rec = pair.model.resolved.entry.recommended
+    dual = "partial" in pair.task.levels
+    steps = request.steps or rec.steps
+    seeds = request.seeds or [0]
+    image_scale = (request.image_guidance or rec.image_guidance or 1.0) if dual else None
+    records = []
+    for gamma in request.guidance or [rec.guidance]:
+        rule = pair.guidance_for(variant.method(dual), gamma, image_scale)
+        column = f"{variant.label} γ={gamma:g}"
+        grid.columns.append(column)
+        tally = Tally()
+        for seed in seeds:
+            for item in items:
+                progress.update(bar, description=f"{column} seed {seed} item {item.id}")
+                result = pair.sample(item.inputs, guidance=rule, steps=steps, seed=seed, decode=True,
+                                     num_samples=request.samples_per_item)
+                if result.images is None:
+                    raise PriorswapError(f"'{request.model}' has no decoder (vae/ folder): measuring needs images")
+                images = result.images.float().cpu()
+                measurer.measure(item, images, seed, tally)
+                grid.keep(item, column, seed, seeds[0], images)
+                progress.advance(bar)
+        records.append({
+            "prior": variant.prior or "none", "method": variant.label, "rule": rule.name,
+            "adapters": variant.adapters, "guidance": gamma, "image_guidance": image_scale,
+            "metrics": summarise(measurer, tally),
+        })
+    return records, steps
+
+
+def run(request: EvalRequest) -> dict:
+    """Evaluates `request.model` on the dataset folder `request.data`; returns results.json's content and,
+    when `request.out` is set, writes the three files there (only once everything has been measured).
+    The dataset is validated before any weights load."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .hub import is_offline
+
+    if request.data is None:
+        raise PriorswapError("a dataset evaluation needs --data DIR")
+    if request.samples_per_item < 1:
+        raise PriorswapError(f"--samples-per-item must be at least 1, got {request.samples_per_item}")
+    if request.out is not None and request.out.exists() and not request.out.is_dir():
+        raise PriorswapError(f"--out {request.out} is a file; give a folder")
+    plugins = get_plugins()
+    task_name, task_cls = task_for(request.model, request.registry, plugins)
+    if not task_cls.metrics:
+        raise PriorswapError(f"task '{task_name}' declares no metrics (Task.metrics): nothing to measure")
+    M.check_metric_names(task_cls.metrics, f"task '{task_name}'")
+    items = load_items(request.data, task_cls, request.limit)
+    out, err = _console(False), _console(True)
+    device = request.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    with err.status("preparing the metrics"):
+        measurer = Measurer(task_cls.metrics, items, request.clip, device, is_offline(request.offline or None),
+                            request.allow_pickle)
+    for name, reason in measurer.skipped.items():
+        err.print(f"[yellow]skipped {name}:[/] {reason}", highlight=False)
+    runs = variants(request)
+    seeds = request.seeds or [0]
+    total = len(runs) * len(request.guidance or [0]) * len(seeds) * len(items)
+    grid = _Grid(items[:GRID_ITEMS])
+    records: list[dict] = []
+    steps = 0
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, disable=not err.is_terminal and os.environ.get("CI") == "true") as progress:
+        bar = progress.add_task("loading", total=total)
+        for variant in runs:
+            done, steps = _sample_variant(request, variant, items, measurer, grid, progress, bar, plugins, device)
+            records += done
+    results = {
+        "model": request.model, "task": task_name, "data": str(request.data), "items": len(items),
+        "item_ids": [i.id for i in items], "seeds": seeds, "samples_per_item": request.samples_per_item,
+        "steps": steps, "clip": (request.clip or M.DEFAULT_CLIP) if measurer.clip is not None else None,
+        "metrics": measurer.declared, "skipped": measurer.skipped, "records": records,
+        "grid_columns": (["input"] * any(_path(i) for i in grid.items) + ["target"] * any(i.target for i in grid.items)
+                         + grid.columns),
+        "grid_items": len(grid.items),
+    }
+    cells, n_columns = grid_cells(measurer, grid.items, grid.columns, grid.outputs)
+    out.print(markdown(results), markup=False, highlight=False, soft_wrap=True)
+    if request.out is not None:
+        write_outputs(request.out, results, cells, n_columns)
+        err.print(f"results → {request.out}/results.json, results.md, samples.png", highlight=False)
+    return results

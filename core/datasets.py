@@ -1,0 +1,199 @@
+"""Dataset folders for `priorswap eval --data DIR`: DIR/items.jsonl, one task input per line.
+
+Each line is a JSON object: the task's input fields (the names of `priorswap sample`'s task options,
+with `_`; image paths relative to DIR) plus the reserved keys `id` (default: the line number),
+`target` (a reference image for paired metrics), `caption_in` and `caption_out` (captions of the input
+and of the wanted output, for CLIP directional similarity). docs/eval.md describes the format.
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .errors import PriorswapError
+from .task import Task, TaskInputs
+
+ITEMS_FILE = "items.jsonl"
+RESERVED = ("id", "target", "caption_in", "caption_out")
+FORMAT_DOC = "docs/eval.md"
+MAX_REPORTED = 12
+
+
+class DatasetError(PriorswapError):
+    """A dataset folder or one of its lines is malformed."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One validated line of items.jsonl."""
+
+    id: str
+    line: int
+    inputs: TaskInputs
+    target: Path | None = None
+    caption_in: str | None = None
+    caption_out: str | None = None
+
+    def value(self, field: str) -> Any:
+        """A task input field, or None when the task has no such field."""
+        return getattr(self.inputs, field, None)
+
+
+def _mentions_path(annotation: Any) -> bool:
+    if annotation is Path or (isinstance(annotation, type) and issubclass(annotation, Path)):
+        return True
+    return any(_mentions_path(arg) for arg in typing.get_args(annotation))
+
+
+def path_fields(inputs: type[TaskInputs]) -> list[str]:
+    """The task input fields that hold file paths (Path, FilePath, Path | None, list[Path], ...)."""
+    return [name for name, f in inputs.model_fields.items() if _mentions_path(f.annotation)]
+
+
+def _resolve(folder: Path, value: Any) -> Any:
+    """A path value relative to the dataset folder (absolute and non-string values are kept)."""
+    if isinstance(value, str):
+        return str(folder / Path(value).expanduser())
+    if isinstance(value, list):
+        return [_resolve(folder, v) for v in value]
+    return value
+
+
+def _missing_files(value: Any) -> list[str]:
+    values = value if isinstance(value, list) else [value]
+    return [v for v in values if isinstance(v, str) and not Path(v).is_file()]
+
+
+def _is_image(path: Path) -> bool:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):
+            return True
+    except (UnidentifiedImageError, OSError):
+        return False
+
+
+class _Problems:
+    """Collects problems line by line and raises them together."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        self.items: list[str] = []
+
+    def add(self, line: int, message: str, field: str | None = None) -> None:
+        self.items.append(f"line {line}" + (f", field '{field}'" if field else "") + f": {message}")
+
+    def raise_if_any(self) -> None:
+        if not self.items:
+            return
+        shown = self.items[:MAX_REPORTED]
+        more = f"; and {len(self.items) - MAX_REPORTED} more" if len(self.items) > MAX_REPORTED else ""
+        raise DatasetError(
+            f"{self.file}: {'; '.join(shown)}{more}. Fix these lines (the format is described in {FORMAT_DOC})"
+        )
+
+
+def _pydantic_problems(e: ValidationError, task: type[Task]) -> list[tuple[str | None, str]]:
+    fields = ", ".join(task.Inputs.model_fields)
+    out = []
+    for err in e.errors():
+        loc = err.get("loc") or ()
+        field = str(loc[0]) if loc else None
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown field; task '{task.name}' takes {fields} (and the reserved {', '.join(RESERVED)})"
+        elif err["type"] == "missing":
+            msg = f"missing: task '{task.name}' requires it"
+        else:
+            where = ".".join(map(str, loc[1:]))
+            msg = err["msg"] + (f" (at {where})" if where else "")
+        out.append((field, msg))
+    return out
+
+
+def _parse_line(text: str, number: int, folder: Path, task: type[Task], problems: _Problems) -> Item | None:
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        problems.add(number, f"not valid JSON ({e.msg} at column {e.colno})")
+        return None
+    if not isinstance(raw, dict):
+        problems.add(number, f"a JSON object {{...}} is expected, got {type(raw).__name__}")
+        return None
+    before = len(problems.items)
+    item_id = raw.pop("id", number)
+    if not isinstance(item_id, (str, int)) or isinstance(item_id, bool):
+        problems.add(number, "must be a string or an integer", "id")
+    captions = {}
+    for key in ("caption_in", "caption_out"):
+        value = raw.pop(key, None)
+        if value is not None and not isinstance(value, str):
+            problems.add(number, "must be a string", key)
+        captions[key] = value if isinstance(value, str) else None
+    target = raw.pop("target", None)
+    if target is not None:
+        if not isinstance(target, str):
+            problems.add(number, "must be an image path (a string, relative to the dataset folder)", "target")
+            target = None
+        else:
+            target = Path(_resolve(folder, target))
+            if not target.is_file():
+                problems.add(number, f"file {target} does not exist (paths are relative to {folder})", "target")
+            elif not _is_image(target):
+                problems.add(number, f"{target} is not an image file PIL can read", "target")
+    for name in path_fields(task.Inputs):
+        if name in raw:
+            raw[name] = _resolve(folder, raw[name])
+            for missing in _missing_files(raw[name]):
+                problems.add(number, f"file {missing} does not exist (paths are relative to {folder})", name)
+    if len(problems.items) > before:
+        return None
+    try:
+        inputs = task.Inputs.model_validate(raw)
+    except ValidationError as e:
+        for field, msg in _pydantic_problems(e, task):
+            problems.add(number, msg, field)
+        return None
+    return Item(str(item_id), number, inputs, target, captions["caption_in"], captions["caption_out"])
+
+
+def load_items(folder: str | Path, task: type[Task], limit: int | None = None) -> list[Item]:
+    """The items of `folder/items.jsonl`, each validated with the task's Inputs model (blank lines are
+    skipped; `limit`: only the first N items are read). Raises DatasetError naming every bad line and field."""
+    folder = Path(folder).expanduser()
+    file = folder / ITEMS_FILE
+    if not folder.is_dir():
+        raise DatasetError(f"dataset folder {folder} does not exist (it should hold {ITEMS_FILE}; see {FORMAT_DOC})")
+    if not file.is_file():
+        raise DatasetError(f"{folder} has no {ITEMS_FILE}: one JSON object per line, see {FORMAT_DOC}")
+    if limit is not None and limit < 1:
+        raise DatasetError(f"--limit must be at least 1, got {limit}")
+    problems = _Problems(file)
+    items: list[Item] = []
+    seen: dict[str, int] = {}
+    count = 0
+    with file.open(encoding="utf-8") as lines:
+        for number, text in enumerate(lines, start=1):
+            if not text.strip():
+                continue
+            if limit is not None and count >= limit:
+                break
+            count += 1
+            item = _parse_line(text, number, folder, task, problems)
+            if item is None:
+                continue
+            if item.id in seen:
+                problems.add(number, f"'{item.id}' is already the id of line {seen[item.id]}", "id")
+                continue
+            seen[item.id] = number
+            items.append(item)
+    problems.raise_if_any()
+    if not items:
+        raise DatasetError(f"{file} holds no items (one JSON object per line, see {FORMAT_DOC})")
+    return items

@@ -1,0 +1,432 @@
+"""`priorswap eval --data DIR`: the dataset format and its errors, the image metrics, the runner on tiny
+Zero-1-to-3, Versatile Diffusion and InstructPix2Pix models with a tiny CLIP, and the dispatch of `eval`
+without --data to a plugin's evaluator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from clihelp import run_cli
+from PIL import Image
+from test_instruct_pix2pix import make_ip2p_folder
+from test_versatile_diffusion import make_vd_folder
+from test_zero123 import make_zero123_folder
+
+import priorswap
+from priorswap import image_metrics as M
+from priorswap.datasets import DatasetError, load_items
+from priorswap.images import load_image
+
+
+def write_png(path: Path, seed: int, size: tuple[int, int] = (16, 16)) -> Path:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def write_items(folder: Path, items: list[dict | str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [i if isinstance(i, str) else json.dumps(i) for i in items]
+    (folder / "items.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def make_char_tokenizer(path: Path):
+    """A CLIP tokenizer whose vocabulary is single letters (no merges): every lower-case word is spelled out,
+    so different captions give different tokens."""
+    from transformers import CLIPTokenizer
+
+    letters = "abcdefghijklmnopqrstuvwxyz!"
+    vocab = ["<|startoftext|>", "<|endoftext|>", *letters, *(c + "</w>" for c in letters)]
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), model_max_length=32), len(vocab)
+
+
+def make_clip_folder(path: Path) -> Path:
+    """A tiny CLIPModel (real transformers classes, random weights) with its processor, saved like a hub repo."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(0)
+    tokenizer, vocab_size = make_char_tokenizer(path / "_tok")
+    config = CLIPConfig(
+        text_config={"vocab_size": vocab_size, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 32, "bos_token_id": 0, "eos_token_id": 1,
+                     "pad_token_id": 1},
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8},
+        projection_dim=8,
+    )
+    CLIPModel(config).save_pretrained(path, safe_serialization=True)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+    )
+    processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory) -> Path:
+    return make_clip_folder(tmp_path_factory.mktemp("clip") / "clip")
+
+
+@pytest.fixture(scope="module")
+def zero123_folder(tmp_path_factory) -> Path:
+    return make_zero123_folder(tmp_path_factory.mktemp("zero123") / "model")
+
+
+@pytest.fixture(scope="module")
+def vd_folder(tmp_path_factory) -> Path:
+    return make_vd_folder(tmp_path_factory.mktemp("vd") / "model")
+
+
+@pytest.fixture(scope="module")
+def ip2p_folder(tmp_path_factory) -> Path:
+    return make_ip2p_folder(tmp_path_factory.mktemp("ip2p") / "model")
+
+
+def read_results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def check_finite_with_ci(metric: dict) -> None:
+    assert metric["value"] is not None and np.isfinite(metric["value"])
+    assert metric["ci_low"] <= metric["value"] <= metric["ci_high"]
+    if metric["per_sample"] is not None:
+        values = [s["value"] for s in metric["per_sample"]]
+        assert len(values) == metric["n"] and np.isfinite(values).all()
+
+
+# ---- metric helpers -----------------------------------------------------------------------------------------
+
+
+def test_psnr_and_ssim_of_known_cases():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 16, 16, generator=g) * 0.8 + 0.1
+    assert np.allclose(M.psnr(x, x), M.PSNR_CAP)
+    assert np.allclose(M.psnr(x, x + 0.1), 20.0, atol=1e-3)  # MSE 0.01 → 20 dB
+    assert np.allclose(M.ssim(x, x), 1.0, atol=1e-6)
+    noisy = (x + 0.3 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    assert (M.ssim(x, noisy) < 0.9).all()
+    assert M.ssim(x[:, :, :6, :6], x[:, :, :6, :6]).shape == (3,)  # images under the 11-pixel window
+
+
+def test_clip_direction_sign_and_cosine():
+    e = torch.eye(4, dtype=torch.float64)
+    image_in, text_in = e[0:1], e[2:3]
+    image_out = torch.nn.functional.normalize(e[0:1] + e[1:2], dim=-1)  # the image moved towards e1
+    towards = torch.nn.functional.normalize(e[2:3] + e[1:2], dim=-1)
+    away = torch.nn.functional.normalize(e[2:3] - e[1:2], dim=-1)
+    assert M.clip_direction(image_out, image_in, towards, text_in)[0] > 0.5
+    assert M.clip_direction(image_out, image_in, away, text_in)[0] < -0.5
+    assert M.cosine(e[:2], e[:2]).tolist() == [1.0, 1.0] and M.cosine(e[0:1], e[1:2])[0] == 0.0
+    assert M.clip_direction(image_out, image_in, text_in, text_in)[0] == 0.0  # same captions: no direction
+
+
+def test_frechet_distance_and_bootstrap():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(200, 5))
+    assert abs(M.frechet_distance(a, a)) < 1e-8
+    shift = np.array([1.0, 2.0, 0.0, 0.0, 0.0])
+    assert M.frechet_distance(a + shift, a) == pytest.approx(5.0, rel=1e-6)  # same covariance: ‖Δμ‖²
+    assert M.frechet_distance(a * 2, a) > 1.0
+    with pytest.raises(ValueError, match="at least 2"):
+        M.frechet_distance(a[:1], a)
+    values = rng.normal(3.0, 1.0, size=50)
+    point, low, high = M.bootstrap_ci(values)
+    assert point == pytest.approx(values.mean()) and low < point < high and high - low < 1.5
+    assert M.bootstrap_ci(values) == M.bootstrap_ci(values)  # seeded
+
+
+def test_the_toy_uses_the_core_bootstrap():
+    from priorswap.plugins.toy import metrics
+
+    assert metrics.bootstrap is M.bootstrap_ci
+
+
+def test_tiny_clip_embeddings(clip_folder):
+    clip = M.Clip.load(str(clip_folder))
+    images = torch.rand(2, 3, 20, 24, generator=torch.Generator().manual_seed(1))
+    emb = clip.images(images)
+    assert emb.shape == (2, 8) and torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert np.allclose(M.cosine(emb, clip.images(images)), 1.0, atol=1e-5)
+    text = clip.texts(["a photo of a cat", "a dog"])
+    assert text.shape == (2, 8) and not torch.allclose(text[0], text[1])
+
+
+def test_missing_clip_weights_offline_name_the_repo():
+    with pytest.raises(M.MetricUnavailable, match=r"nobody/no-such-clip.*hf download nobody/no-such-clip"):
+        M.Clip.load("nobody/no-such-clip", offline=True)
+
+
+def test_lpips_and_fid_are_skipped_with_the_reason(monkeypatch, tmp_path):
+    """Without the package: the reason names it. With it but offline and the weights not cached: the reason
+    names the weights file and where it belongs (fake packages stand in for torchvision and torch-fidelity)."""
+    import sys
+    from types import ModuleType, SimpleNamespace
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # `import torchvision` raises ImportError
+    monkeypatch.setitem(sys.modules, "torch_fidelity", None)
+    with pytest.raises(M.MetricUnavailable, match="torchvision does not import"):
+        M.Lpips()
+    with pytest.raises(M.MetricUnavailable, match="pip install torch-fidelity"):
+        M.InceptionFeatures()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    alexnet = SimpleNamespace(DEFAULT=SimpleNamespace(url="https://example.org/alexnet-owt-7be5be79.pth"))
+    monkeypatch.setitem(sys.modules, "torchvision", SimpleNamespace(models=SimpleNamespace(AlexNet_Weights=alexnet)))
+    fidelity = ModuleType("torch_fidelity.feature_extractor_inceptionv3")
+    fidelity.URL_INCEPTION_V3 = "https://example.org/weights-inception-2015-12-05-6726825d.pth"
+    monkeypatch.setitem(sys.modules, "torch_fidelity", ModuleType("torch_fidelity"))
+    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", fidelity)
+    hub = str(tmp_path / "hub" / "checkpoints")
+    with pytest.raises(M.MetricUnavailable, match="alexnet-owt-7be5be79.pth") as info:
+        M.Lpips(offline=True)
+    assert hub in info.value.reason and "offline" in info.value.reason
+    with pytest.raises(M.MetricUnavailable, match="weights-inception-2015-12-05-6726825d.pth") as info:
+        M.InceptionFeatures(offline=True)
+    assert hub in info.value.reason
+
+
+def test_tasks_declare_known_metrics():
+    from priorswap.plugins.instruct_pix2pix.task import InstructPix2PixTask
+    from priorswap.plugins.versatile_diffusion.task import ImageVariationTask
+    from priorswap.plugins.zero123.task import NovelViewTask, StableNovelViewTask
+
+    assert NovelViewTask.metrics == StableNovelViewTask.metrics == ("psnr", "ssim", "lpips")
+    assert set(ImageVariationTask.metrics) == {"fid", "fd-clip", "clip-image"}
+    assert set(InstructPix2PixTask.metrics) == {"clip-image", "clip-text", "clip-direction"}
+    for task in (NovelViewTask, ImageVariationTask, InstructPix2PixTask):
+        M.check_metric_names(task.metrics, task.name)
+    with pytest.raises(priorswap.PriorswapError, match="unknown metric"):
+        M.check_metric_names(("psnr", "fidd"), "a task")
+
+
+# ---- the dataset format ---------------------------------------------------------------------------------------
+
+
+def test_items_are_validated_with_the_task_inputs(tmp_path):
+    from priorswap.plugins.zero123.task import NovelViewTask
+
+    write_png(tmp_path / "views" / "a.png", 0)
+    write_png(tmp_path / "views" / "a_30.png", 1)
+    folder = write_items(tmp_path, [
+        {"image": "views/a.png", "azimuth": 30, "polar": 0, "target": "views/a_30.png", "id": "a30"},
+        "",
+        {"image": "views/a.png", "azimuth": -30, "polar": 10, "count": 2},
+    ])
+    items = load_items(folder, NovelViewTask)
+    assert [i.id for i in items] == ["a30", "3"]  # default id: the line number (blank lines count)
+    assert items[0].inputs.image == tmp_path / "views" / "a.png" and items[0].target == tmp_path / "views/a_30.png"
+    assert items[1].target is None and items[1].inputs.count == 2
+    assert [i.id for i in load_items(folder, NovelViewTask, limit=1)] == ["a30"]
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ({"image": "in.png", "azimuth": 3, "polar": 0, "colour": "red"}, ["line 2", "field 'colour'", "unknown field"]),
+        ({"image": "nope.png", "azimuth": 30, "polar": 0}, ["line 2", "field 'image'", "nope.png does not exist"]),
+        ({"image": "in.png", "azimuth": 3, "polar": 0, "target": "gone.png"}, ["line 2", "field 'target'", "gone.png"]),
+        ({"image": "in.png", "polar": 0}, ["line 2", "field 'azimuth'", "missing"]),
+        ({"image": "in.png", "azimuth": "left", "polar": 0}, ["line 2", "field 'azimuth'"]),
+        ({"image": "in.png", "azimuth": 0, "polar": 0, "id": "x"}, ["line 2", "field 'id'", "line 1"]),
+        ('{"image": "in.png",', ["line 2", "not valid JSON"]),
+    ],
+)
+def test_bad_items_name_the_line_and_field(tmp_path, line, expected):
+    from priorswap.plugins.zero123.task import NovelViewTask
+
+    write_png(tmp_path / "in.png", 0)
+    folder = write_items(tmp_path, [{"image": "in.png", "azimuth": 0, "polar": 0, "id": "x"}, line])
+    with pytest.raises(DatasetError) as info:
+        load_items(folder, NovelViewTask)
+    message = str(info.value)
+    assert all(part in message for part in expected), message
+    assert "items.jsonl" in message and "docs/eval.md" in message
+
+
+def test_a_folder_without_items_is_refused(tmp_path):
+    from priorswap.plugins.zero123.task import NovelViewTask
+
+    with pytest.raises(DatasetError, match="no items.jsonl"):
+        load_items(tmp_path, NovelViewTask)
+    write_items(tmp_path, ["", "  "])
+    with pytest.raises(DatasetError, match="holds no items"):
+        load_items(tmp_path, NovelViewTask)
+
+
+# ---- the runner through the CLI -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def zero123_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("z123data")
+    write_png(root / "obj" / "src.png", 0)
+    write_png(root / "obj" / "az30.png", 1)
+    write_png(root / "obj2" / "src.png", 2, size=(20, 20))
+    write_png(root / "obj2" / "az90.png", 3, size=(24, 24))  # targets are resized to the output size
+    return write_items(root, [
+        {"id": "obj-30", "image": "obj/src.png", "azimuth": 30, "polar": 0, "target": "obj/az30.png"},
+        {"id": "obj2-90", "image": "obj2/src.png", "azimuth": 90, "polar": -10, "target": "obj2/az90.png"},
+    ])
+
+
+def test_zero123_dataset_eval(tmp_path, capsys, zero123_folder, zero123_data, sd_folder):
+    out = tmp_path / "eval"
+    code, stdout, err = run_cli(
+        capsys, "eval", "--model", str(zero123_folder), "--prior", f"none,{sd_folder}", "--data", str(zero123_data),
+        "--guidance", "2", "--steps", "2", "--seeds", "0,1", "--samples-per-item", "2", "--out", str(out),
+    )
+    assert code == 0, err
+    results = read_results(out)
+    assert results["task"] == "novel-view" and results["items"] == 2 and results["metrics"] == ["psnr", "ssim", "lpips"]
+    assert [(r["method"], r["guidance"]) for r in results["records"]] == [("cfg", 2.0), (f"swap:{sd_folder}", 2.0)]
+    for record in results["records"]:
+        assert set(record["metrics"]) == {"psnr", "ssim"}
+        for metric in record["metrics"].values():
+            check_finite_with_ci(metric)
+            assert metric["n"] == 2 * 2 * 2 and metric["items"] == 2  # items × seeds × samples per item
+    if "lpips" in results["skipped"]:
+        assert results["skipped"]["lpips"]  # a reason is given (torchvision or its weights)
+    # the recorded PSNR is the output's against its own target: recompute one sample independently
+    pair = priorswap.load_pair(str(zero123_folder))
+    images = pair.sample(image=zero123_data / "obj2/src.png", azimuth=90, polar=-10, guidance="cfg", scale=2.0,
+                         steps=2, seed=1, num_samples=2).images
+    target = (load_image(zero123_data / "obj2/az90.png", tuple(images.shape[-2:])) + 1) / 2
+    expected = M.psnr(images, target.expand_as(images))
+    recorded = [s["value"] for s in results["records"][0]["metrics"]["psnr"]["per_sample"]
+                if s["item"] == "obj2-90" and s["seed"] == 1]
+    assert np.allclose(recorded, expected, atol=1e-4)
+    # grid: 2 items × (input, target, cfg, swap) cells of 16 px with 2 px padding
+    with Image.open(out / "samples.png") as grid:
+        assert grid.size == (4 * 18 + 2, 2 * 18 + 2)
+    page = (out / "results.md").read_text()
+    assert "| cfg | 2 |" in page and "psnr ↑" in page
+    assert "psnr" in stdout
+
+
+def test_versatile_diffusion_dataset_eval_with_a_tiny_clip(tmp_path, capsys, vd_folder, clip_folder):
+    for i in range(3):
+        write_png(tmp_path / "data" / f"img{i}.png", 10 + i, size=(24, 20))
+    data = write_items(tmp_path / "data", [{"image": f"img{i}.png"} for i in range(3)])
+    out = tmp_path / "eval"
+    code, _, err = run_cli(
+        capsys, "eval", "--model", str(vd_folder), "--data", str(data), "--clip", str(clip_folder),
+        "--guidance", "1.5,3", "--steps", "2", "--out", str(out),
+    )
+    assert code == 0, err
+    results = read_results(out)
+    assert [r["guidance"] for r in results["records"]] == [1.5, 3.0]
+    for record in results["records"]:
+        assert {"fd-clip", "clip-image"} <= set(record["metrics"])
+        check_finite_with_ci(record["metrics"]["clip-image"])
+        fd = record["metrics"]["fd-clip"]
+        assert fd["value"] >= 0 and fd["per_sample"] is None and fd["n"] == 3
+        assert fd["ci_low"] <= fd["value"] <= fd["ci_high"]
+        assert all(-1 <= s["value"] <= 1 for s in record["metrics"]["clip-image"]["per_sample"])
+    assert "fid" in results["skipped"] or "fid" in results["records"][0]["metrics"]
+    assert results["clip"] == str(clip_folder)
+
+
+def test_instruct_pix2pix_dataset_eval(tmp_path, capsys, ip2p_folder, clip_folder):
+    write_png(tmp_path / "data" / "a.png", 20)
+    write_png(tmp_path / "data" / "b.png", 21, size=(18, 12))
+    data = write_items(tmp_path / "data", [
+        {"image": "a.png", "prompt": "a cat", "caption_in": "a photo of a dog", "caption_out": "a photo of a cat"},
+        {"image": "b.png", "prompt": ["a dog", "a cat !"]},
+    ])
+    out = tmp_path / "eval"
+    code, _, err = run_cli(
+        capsys, "eval", "--model", str(ip2p_folder), "--data", str(data), "--clip", str(clip_folder),
+        "--guidance", "3", "--image-guidance", "1.5", "--steps", "2", "--out", str(out),
+    )
+    assert code == 0, err
+    (record,) = read_results(out)["records"]
+    assert record["method"] == "cfg" and record["rule"] == "dual-cfg" and record["image_guidance"] == 1.5
+    metrics = record["metrics"]
+    assert set(metrics) == {"clip-image", "clip-text", "clip-direction"}
+    for metric in metrics.values():
+        check_finite_with_ci(metric)
+    assert metrics["clip-image"]["n"] == metrics["clip-text"]["n"] == 3  # one sample per prompt
+    assert metrics["clip-direction"]["n"] == 1 and metrics["clip-direction"]["items"] == 1  # captions: item 1 only
+
+
+def test_missing_clip_weights_skip_the_clip_metrics_only(tmp_path, capsys, ip2p_folder):
+    write_png(tmp_path / "data" / "a.png", 30)
+    data = write_items(tmp_path / "data", [{"image": "a.png", "prompt": "a dog", "caption_in": "a cat",
+                                            "caption_out": "a dog"}])
+    out = tmp_path / "eval"
+    code, _, err = run_cli(capsys, "eval", "--model", str(ip2p_folder), "--data", str(data), "--steps", "1",
+                           "--clip", "nobody/no-such-clip", "--out", str(out))
+    assert code == 0, err
+    results = read_results(out)
+    assert set(results["skipped"]) == {"clip-image", "clip-text", "clip-direction"}
+    assert all("nobody/no-such-clip" in reason for reason in results["skipped"].values())
+    assert results["records"][0]["metrics"] == {} and results["clip"] is None
+    assert (out / "samples.png").is_file() and "nobody/no-such-clip" in " ".join(err.split())
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ({"image": "in.png", "azimuth": 30, "polar": 0, "elevation": 5}, ["line 2", "'elevation'"]),
+        ({"image": "missing.png", "azimuth": 30, "polar": 0}, ["line 2", "'image'", "missing.png"]),
+    ],
+)
+def test_bad_dataset_exits_2_before_loading_and_writes_nothing(tmp_path, capsys, zero123_folder, line, expected):
+    write_png(tmp_path / "data" / "in.png", 0)
+    data = write_items(tmp_path / "data", [{"image": "in.png", "azimuth": 0, "polar": 0}, line])
+    out = tmp_path / "eval"
+    code, _, err = run_cli(capsys, "eval", "--model", str(zero123_folder), "--data", str(data), "--out", str(out))
+    message = " ".join(err.split())
+    assert code == 2 and all(part in message for part in expected), message
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--limit", "3"], "--limit only apply with --data"),
+        (["--data", "DATA", "--samples", "5"], "--samples is for built-in evaluators"),
+        (["--data", "DATA", "--samples-per-item", "0"], "--samples-per-item must be at least 1"),
+        (["--data", "DATA", "--guidance", "2,x"], "--guidance takes comma-separated numbers"),
+    ],
+)
+def test_option_errors_exit_2(tmp_path, capsys, zero123_folder, zero123_data, args, message):
+    args = [str(zero123_data) if a == "DATA" else a for a in args]
+    code, _, err = run_cli(capsys, "eval", "--model", str(zero123_folder), "--out", str(tmp_path / "o"), *args)
+    assert code == 2 and message in " ".join(err.split())
+    assert not (tmp_path / "o").exists()
+
+
+# ---- eval without --data ---------------------------------------------------------------------------------------
+
+
+def test_without_data_the_task_evaluator_of_a_plugin_runs(capsys, monkeypatch, tmp_path):
+    from priorswap.plugin_manager import get_plugins
+    from priorswap.plugins.toy import evaluate
+
+    assert get_plugins().evaluators["toy-view"] == "priorswap.plugins.toy.evaluate:run_request"
+    seen = []
+    monkeypatch.setattr(evaluate, "run_request", seen.append)
+    code, _, err = run_cli(capsys, "eval", "--model", "toy-digits-class", "--prior", "none,toy-digits-base",
+                           "--prior", "toy-digits-dit-v", "--guidance", "1.5,3", "--samples", "7", "--seeds", "4",
+                           "--ablate-adapters", "--out", str(tmp_path))
+    assert code == 0, err
+    (request,) = seen
+    assert request.model == "toy-digits-class" and request.priors == [None, "toy-digits-base", "toy-digits-dit-v"]
+    assert request.guidance == [1.5, 3.0] and request.samples == 7 and request.seeds == [4] and request.steps is None
+    assert request.ablate_adapters and request.out == tmp_path and request.data is None
+
+
+def test_without_data_and_without_an_evaluator_exit_2(capsys, dit_folder):
+    code, _, err = run_cli(capsys, "eval", "--model", str(dit_folder))
+    message = " ".join(err.split())
+    assert code == 2 and "class-label" in message and "--data DIR" in message and "docs/eval.md" in message
