@@ -1,0 +1,167 @@
+"""Seconds per step of plain CFG against prior swap on a full-size Zero-1-to-3-shaped model with an
+SD 2.1-base-shaped prior, on CPU.
+
+The random full-size folders come from bench/fullsize.py (no download). The pair is loaded once with
+`priorswap.load_pair(model_folder, prior_folder)`; then, after a warm-up, runs of `--steps` DDIM steps
+of the 256 px novel-view task (latent 32×32, decode off) alternate between
+
+  cfg         guidance="cfg":        one forward of the model, batch 2 (condition + null)
+  prior-swap  guidance="prior-swap": the model, batch 1 (condition), and the prior, batch 1 (its null)
+
+The task's conditions (source image through the CLIP image encoder and the VAE encoder) are the same
+in every run, so they are computed once and reused: a run's wall time divided by its steps is the
+seconds per step, and short runs alternate finely (less drift between the two sides). The script
+prints the median seconds per step of each, the ratio swap/CFG and PASS/FAIL against the target
+swap/CFG ≤ 1.05, then (unless --no-breakdown) times the bare network forwards behind each step to
+show where a difference comes from.
+
+    flock /tmp/priorswap-bench.lock python bench/step_time.py [--work DIR] [--threads N] [--repeats 10] [--steps 2]
+
+`--tiny` runs the same on tiny configs in seconds: a smoke test, where per-step Python overhead
+dominates (diagnostic only, no target). Exit status: 0 PASS, 1 FAIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+TARGET = 1.05
+METHODS = ("cfg", "prior-swap")
+POSE = {"azimuth": 30.0, "polar": 10.0, "radius": 0.0}
+
+
+def cache_conditions(pair) -> None:
+    """Makes the task compute its conditions once per denoiser. Every run has the same source image and
+    pose, so their encoding (CLIP image encoder, VAE encoder) is the same each time; cached, a run costs
+    only its sampling steps and short runs can alternate finely."""
+    compute = pair.task.conditions
+    memo: dict[int, dict] = {}
+
+    def conditions(inputs, denoiser):
+        if id(denoiser) not in memo:
+            memo[id(denoiser)] = compute(inputs, denoiser)
+        return memo[id(denoiser)]
+
+    pair.task.conditions = conditions
+
+
+def run_steps(pair, image: Path, method: str, steps: int) -> tuple[float, dict[str, int]]:
+    """One sampling run of `steps` steps (conditions cached); returns its seconds per step and forward calls."""
+    start = time.perf_counter()
+    result = pair.sample(image=image, guidance=method, steps=steps, seed=0, decode=False, **POSE)
+    return (time.perf_counter() - start) / steps, result.forward_calls
+
+
+@torch.no_grad()
+def forward_breakdown(pair, repeats: int) -> dict[str, float]:
+    """Median seconds of the bare network forwards a step makes: model batch 2 (CFG), model batch 1 and
+    prior batch 1 (prior swap), at the 32×32 latent, interleaved."""
+    model, prior = pair.model.denoiser, pair.prior.denoiser
+    size = model.resolution // model.latent_space.downsample
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, model.latent_space.channels, size, size, generator=g).to(model.device, model.dtype)
+    t = torch.tensor([500, 500], device=model.device)
+    m_cond = {k: v.expand(2, *v.shape[1:]) for k, v in model.null_condition().items()}
+    p_cond = prior.null_condition()
+    calls = {
+        "model, batch 2": lambda: model.forward(x, t, m_cond),
+        "model, batch 1": lambda: model.forward(x[:1], t[:1], {k: v[:1] for k, v in m_cond.items()}),
+        "prior, batch 1": lambda: prior.forward(x[:1].to(prior.dtype), t[:1], p_cond),
+    }
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for fn in calls.values():  # warm-up
+        fn()
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", help="folder that keeps the built model folders between runs (default: temporary)")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                        help="weights' dtype (folders are saved and loaded in it)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all)")
+    parser.add_argument("--steps", type=int, default=2, help="DDIM steps per run")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs of each method (interleaved)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each method first")
+    parser.add_argument("--no-breakdown", action="store_true", help="skip timing the bare network forwards")
+    parser.add_argument("--tiny", action="store_true", help="tiny configs: a smoke test in seconds, no target")
+    args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines appear in order with the builder's output
+    if args.steps < 1 or args.repeats < 1:
+        parser.error("--steps and --repeats must be at least 1")
+
+    import diffusers
+    import transformers
+    from fullsize import DTYPES, ensure_folders, param_bytes, work_dir
+
+    import priorswap
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, threads {torch.get_num_threads()} "
+          f"of {os.cpu_count()} CPUs, dtype {args.dtype}, python {sys.version.split()[0]}")
+    with work_dir(args.work) as work:
+        paths = ensure_folders(work, tiny=args.tiny, dtype=args.dtype)
+        os.environ["PRIORSWAP_CACHE"] = str(paths["cache"])
+        start = time.perf_counter()
+        pair = priorswap.load_pair(str(paths["model"]), str(paths["prior"]), dtype=DTYPES[args.dtype])
+        shape = "×".join(map(str, pair.task.latent_shape(pair.inputs(image=paths["image"], **POSE))))
+        print(f"pair loaded in {time.perf_counter() - start:.1f} s: model UNet "
+              f"{param_bytes(pair.model.denoiser.net) / 2**20:.0f} MiB, prior UNet "
+              f"{param_bytes(pair.prior.denoiser.net) / 2**20:.0f} MiB; latents {shape}; {args.steps} DDIM steps "
+              f"per run, {args.warmup} warm-up + {args.repeats} interleaved runs of each")
+        cache_conditions(pair)
+        calls: dict[str, dict[str, int]] = {}
+        for _ in range(args.warmup):
+            for method in METHODS:
+                run_steps(pair, paths["image"], method, args.steps)
+        times: dict[str, list[float]] = {m: [] for m in METHODS}
+        for i in range(args.repeats):
+            order = METHODS if i % 2 == 0 else METHODS[::-1]  # neither always runs first
+            for method in order:
+                per_step, calls[method] = run_steps(pair, paths["image"], method, args.steps)
+                times[method].append(per_step)
+        breakdown = None if args.no_breakdown else forward_breakdown(pair, max(3, args.repeats // 2))
+
+    med = {m: statistics.median(v) for m, v in times.items()}
+    ratio = med["prior-swap"] / med["cfg"]
+    paired = statistics.median(s / c for c, s in zip(times["cfg"], times["prior-swap"], strict=True))
+    for m in METHODS:
+        per_step = {k: v // args.steps for k, v in calls[m].items()}
+        print(f"{m:11s} median {med[m]:8.3f} s/step  (min {min(times[m]):.3f}, max {max(times[m]):.3f}, "
+              f"{len(times[m])} runs); forwards per step {per_step}")
+    print(f"median of the ratios of adjacent runs swap/CFG = {paired:.3f}")
+    if breakdown:
+        print("bare network forwards (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in breakdown.items()))
+        split = breakdown["model, batch 1"] + breakdown["prior, batch 1"]
+        print(f"  model b1 + prior b1 = {split:.3f} s vs model b2 = {breakdown['model, batch 2']:.3f} s "
+              f"(ratio {split / breakdown['model, batch 2']:.3f})")
+    if args.tiny:
+        print(f"ratio swap/CFG = {ratio:.3f}  (tiny networks: per-step overhead dominates; diagnostic only, no target)")
+        return 0
+    ok = ratio <= TARGET
+    print(f"ratio swap/CFG = {ratio:.3f}  (target ≤ {TARGET:.2f})  {'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""The full-size benchmarks still run: each script's `--tiny` mode (the same code paths on tiny networks)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    ("script", "expect"),
+    [
+        ("memory.py", "two full pipelines side by side"),
+        ("step_time.py", "prior-swap"),
+        ("video_cost.py", "dual prior swap"),
+    ],
+)
+def test_bench_tiny_mode_runs(script, expect, tmp_path):
+    env = {**os.environ, "PRIORSWAP_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    args = [sys.executable, str(ROOT / "bench" / script), "--tiny"]
+    if script != "video_cost.py":
+        args += ["--work", str(tmp_path / "work")]
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert expect in done.stdout
