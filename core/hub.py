@@ -143,14 +143,19 @@ def load_component(
             f"{where} holds no weights (no .safetensors file). If its source has pickled .bin weights only, "
             "they are downloaded and loaded only with --allow-pickle (allow_pickle=True)."
         )
+    if len(pickles) > 1:
+        raise WeightsUnavailable(f"{where} holds several pickles; convert the checkpoint to safetensors")
+    converted = _converted_pickle(pickles[0])
+    if (converted / "config.json").is_file():  # converted on an earlier, opted-in run: no pickle is read
+        kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+        return cls.from_pretrained(converted, use_safetensors=True, **kwargs)
     if not allow_pickle:
         raise WeightsUnavailable(
             f"{where} holds only pickled weights ({', '.join(p.name for p in pickles)}). Pickles can run "
             "code when loaded: convert them to safetensors, or pass --allow-pickle (allow_pickle=True) "
-            "to load them with torch.load(weights_only=True)."
+            "to load them once with torch.load(weights_only=True); priorswap then keeps a safetensors copy in "
+            "its cache, and later runs read that copy without the flag."
         )
-    if len(pickles) > 1:
-        raise WeightsUnavailable(f"{where} holds several pickles; convert the checkpoint to safetensors")
     if hasattr(cls, "load_config"):  # diffusers
         model = cls.from_config(cls.load_config(folder, subfolder=subfolder))
     else:  # transformers: the model class is built from its config class
@@ -160,7 +165,39 @@ def load_component(
     persistent = model.state_dict().keys()
     stale = {name for name, _ in model.named_buffers()} - persistent
     model.load_state_dict({k: v for k, v in state.items() if k not in stale})
+    _save_converted(model, converted)
     return model.to(dtype) if dtype is not None else model
+
+
+def _converted_pickle(pickle: Path) -> Path:
+    """Cache folder of the safetensors copy of a pickled component: keyed by the file's real path (a
+    content hash for hub blobs), size and mtime, so a changed file is converted again."""
+    import hashlib
+
+    from .conversion import cache_root
+
+    real = pickle.resolve()
+    stat = real.stat()
+    key = hashlib.sha256(f"{real}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:24]
+    return cache_root() / "pickles" / key
+
+
+def _save_converted(model: Any, out: Path) -> None:
+    """Writes `model` (config + safetensors) to `out` atomically; a failure only costs the cache entry."""
+    import shutil
+    import sys
+
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+        print(f"converted the pickled weights once to safetensors in {out}; later runs read that copy",
+              file=sys.stderr)
+    except (OSError, RuntimeError) as e:
+        print(f"note: could not keep a safetensors copy of the pickled weights ({e})", file=sys.stderr)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def folders_on_demand(request: Any, folders: list[str], purpose: str) -> Path:

@@ -125,6 +125,24 @@ def test_pickles_load_with_weights_only_when_allowed(tmp_path, dit_folder, monke
     assert torch.equal(a, ref.sample(class_label=[4], steps=2, seed=0, decode=False).latents)
 
 
+def test_an_opted_in_pickle_is_kept_as_safetensors_for_later_runs(tmp_path, dit_folder, monkeypatch, capsys):
+    folder = pickled_copy(tmp_path, dit_folder)
+    first = priorswap.load_pair(str(folder), allow_pickle=True)
+    assert "converted the pickled weights once to safetensors" in capsys.readouterr().err
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("a pickle was read again"))
+    again = priorswap.load_pair(str(folder))  # no opt-in needed: the safetensors copy is read
+    a, b = (p.sample(class_label=[4], steps=2, seed=0, decode=False).latents for p in (first, again))
+    assert torch.equal(a, b)
+    # a changed pickle is not matched to the old copy
+    bin_file = folder / "transformer" / "diffusion_pytorch_model.bin"
+    bin_file.write_bytes(bin_file.read_bytes())
+    import os
+
+    os.utime(bin_file, ns=(1, 1))
+    with pytest.raises(WeightsUnavailable, match="--allow-pickle"):
+        priorswap.load_pair(str(folder))
+
+
 def test_local_and_package_sources(tmp_path):
     with pytest.raises(WeightsUnavailable, match="does not exist"):
         hub.fetch(Source(path=str(tmp_path / "nope")))
