@@ -18,6 +18,7 @@ from typing import Any
 from .errors import PriorswapError, WeightsUnavailable
 from .family import Family, resolve_ref
 from .hub import PICKLE_SUFFIXES, fetch_file
+from .nullcache import cache_home
 from .registry import ModelEntry
 
 DONE = "priorswap-converted.json"
@@ -25,8 +26,7 @@ DONE = "priorswap-converted.json"
 
 def cache_root() -> Path:
     """Where converted folders live: $PRIORSWAP_CACHE/converted (default ~/.cache/priorswap/converted)."""
-    xdg = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return Path(os.environ.get("PRIORSWAP_CACHE") or xdg / "priorswap") / "converted"
+    return cache_home() / "converted"
 
 
 def converted_path(entry: ModelEntry, family: Family) -> Path:

@@ -12,9 +12,15 @@ if TYPE_CHECKING:
     import torch
 
 
-def cache_dir() -> Path:
+def cache_home() -> Path:
+    """priorswap's cache: $PRIORSWAP_CACHE, else $XDG_CACHE_HOME/priorswap (default ~/.cache/priorswap)."""
     xdg = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return Path(os.environ.get("PRIORSWAP_CACHE") or xdg / "priorswap") / "null"
+    return Path(os.environ.get("PRIORSWAP_CACHE") or xdg / "priorswap")
+
+
+def cache_dir() -> Path:
+    """Where encoded null conditions are kept."""
+    return cache_home() / "null"
 
 
 def _fingerprint(folder: Path) -> str:

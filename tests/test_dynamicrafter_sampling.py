@@ -617,7 +617,7 @@ def checkpoint_hub(tmp_path, folders, monkeypatch):
     return repo / "snapshots" / HUB_COMMIT
 
 
-def test_a_checkpoint_entry_is_converted_once_into_the_cache(checkpoint_hub, tmp_path, folders, monkeypatch, capsys):
+def test_a_checkpoint_entry_is_converted_once_into_the_cache(checkpoint_hub, tmp_path, monkeypatch, capsys):
     from priorswap.conversion import DONE
     from priorswap.plugins.dynamicrafter import convert
 

@@ -14,6 +14,7 @@ import torch
 
 import priorswap
 from priorswap import Guidance, Sampler, Term
+from priorswap.dataset_eval import Variant
 from priorswap.engine import Route
 
 from . import data
@@ -37,20 +38,6 @@ class Record:
     value: float
     ci_low: float
     ci_high: float
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A way of sampling: plain CFG (prior None), or a swap with `prior`, with or without adapters."""
-
-    prior: str | None
-    adapters: bool = True
-
-    @property
-    def label(self) -> str:
-        if self.prior is None:
-            return "cfg"
-        return f"swap:{self.prior}" + ("" if self.adapters else " (no adapters)")
 
 
 class Reference:
