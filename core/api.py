@@ -198,8 +198,8 @@ def load_pair(
     registry = Registry.load(registry_files, plugins.registry_files)
     load_device = "cpu" if offload else device
     options = {"offline": offline, "allow_pickle": allow_pickle, "dtype": dtype, "device": load_device}
-    model_res = resolve(model, registry, plugins)
-    prior_res = resolve(prior, registry, plugins) if prior is not None else None
+    model_res = resolve(model, registry, plugins, allow_pickle=allow_pickle)
+    prior_res = resolve(prior, registry, plugins, allow_pickle=allow_pickle) if prior is not None else None
     plan = None
     if prior_res is not None:
         plan = plan_pair(model_res.spec(), prior_res.spec(), plugins.bridges, match)

@@ -22,6 +22,8 @@ app = typer.Typer(
 console = Console()
 err = Console(stderr=True)
 
+MODEL_HELP = "Fine-tuned model: registry id, local diffusers folder or checkpoint file (FILE[#variant])."
+PRIOR_HELP = "Prior: registry id, local folder or checkpoint file (omit for plain CFG)."
 RegistryOpt = Annotated[
     list[str] | None,
     typer.Option("--registry", help="Extra registry YAML file(s) on top of the shipped one (repeatable)."),
@@ -61,9 +63,12 @@ def list_(registry: RegistryOpt = None) -> None:
 
 @app.command()
 def pairs(
-    model: Annotated[str, typer.Argument(help="Registry id or local diffusers folder of the fine-tuned model.")],
-    prior: Annotated[str | None, typer.Option(help="Check one prior (id or folder) instead of all.")] = None,
+    model: Annotated[str, typer.Argument(
+        help="Fine-tuned model: registry id, local diffusers folder or checkpoint file (FILE[#variant]).")],
+    prior: Annotated[str | None, typer.Option(help="Check one prior (id, folder or file) instead of all.")] = None,
     match: Annotated[str, typer.Option(help="σ-matching: continuous or nearest.")] = "continuous",
+    allow_pickle: Annotated[bool, typer.Option(
+        "--allow-pickle", help="Allow reading the tensor names of a pickled checkpoint file (weights_only).")] = False,
     registry: RegistryOpt = None,
 ) -> None:
     """Show which priors pair with MODEL and the adapters that would be inserted."""
@@ -72,10 +77,11 @@ def pairs(
 
     reg, plugins = _registry(registry)
     if prior is not None:
-        plans = [plan_pair(resolve(model, reg, plugins).spec(), resolve(prior, reg, plugins).spec(),
+        plans = [plan_pair(resolve(model, reg, plugins, allow_pickle=allow_pickle).spec(),
+                           resolve(prior, reg, plugins, allow_pickle=allow_pickle).spec(),
                            plugins.bridges, match)]
     else:
-        plans = compatible_priors(model, reg, plugins, match)
+        plans = compatible_priors(model, reg, plugins, match, allow_pickle=allow_pickle)
     table = Table(title=f"Priors for {model}", title_justify="left", show_lines=True)
     table.add_column("prior")
     table.add_column("pairs")
@@ -155,8 +161,8 @@ def _task_inputs(task: Any, raw: dict[str, list[str]]) -> Any:
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def sample(
     ctx: typer.Context,
-    model: Annotated[str, typer.Option(help="Fine-tuned model: registry id or local diffusers folder.")],
-    prior: Annotated[str | None, typer.Option(help="Prior: registry id or local folder (omit for plain CFG).")] = None,
+    model: Annotated[str, typer.Option(help=MODEL_HELP)],
+    prior: Annotated[str | None, typer.Option(help=PRIOR_HELP)] = None,
     method: Annotated[
         str | None,
         typer.Option(help="cfg, prior-swap, autoguidance, dual-cfg, dual-prior-swap (default: swap if --prior)."),
@@ -275,7 +281,7 @@ def _floats(text: str, option: str) -> list[float]:
 
 @app.command("eval")
 def eval_(
-    model: Annotated[str, typer.Option(help="Fine-tuned model: registry id or local diffusers folder.")],
+    model: Annotated[str, typer.Option(help=MODEL_HELP)],
     prior: Annotated[
         list[str], typer.Option(help="Prior id(s) or folder(s); 'none' is plain CFG. Repeat or comma-separate.")
     ] = ["none"],  # noqa: B006
@@ -342,7 +348,7 @@ def eval_(
         run(request)
         return
     plugins = get_plugins()
-    task_name, _ = task_for(model, registry or [], plugins)
+    task_name, _ = task_for(model, registry or [], plugins, allow_pickle=allow_pickle)
     evaluator = plugins.evaluators.get(task_name)
     if evaluator is None:
         raise PriorswapError(

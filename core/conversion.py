@@ -30,10 +30,12 @@ def cache_root() -> Path:
 
 
 def converted_path(entry: ModelEntry, family: Family) -> Path:
-    """The cache folder for this checkpoint: keyed by repo + pinned revision (hub) or by the file's path,
-    size and mtime (local), and by the family and variant that convert it."""
+    """The cache folder for this checkpoint: keyed by the file's pinned sha256, by repo + pinned commit (hub),
+    or by the file's path, size and mtime (local), and by the family and variant that convert it."""
     src = entry.source
-    if src.repo is not None:
+    if src.sha256 is not None:
+        where = f"sha256/{src.sha256}"
+    elif src.repo is not None:
         where = f"{src.repo.replace('/', '--')}/{src.revision}"
     else:
         path = Path(src.path or ".") / src.file
@@ -65,8 +67,8 @@ def converted_folder(
             "with --allow-pickle (allow_pickle=True): it is read once with torch.load(weights_only=True) and "
             f"converted to safetensors in {cache_root()}, and later runs read only the converted folder."
         )
-    checkpoint = fetch_file(entry.source, offline=offline)
     say = log or (lambda msg: print(msg, file=sys.stderr))
+    checkpoint = fetch_file(entry.source, offline=offline, log=say)
     say(f"converting {entry.source.describe()} once into {out} (later runs read this folder)")
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

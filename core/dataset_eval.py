@@ -83,13 +83,15 @@ def variants(request: EvalRequest) -> list[Variant]:
     return list(dict.fromkeys(out))
 
 
-def task_for(model: str, registry_files: list[str], plugins: Plugins) -> tuple[str, type[Task]]:
-    """The task name and class of a model (a registry id or a local folder), without loading weights."""
+def task_for(
+    model: str, registry_files: list[str], plugins: Plugins, *, allow_pickle: bool = False
+) -> tuple[str, type[Task]]:
+    """The task name and class of a model (a registry id, local folder or checkpoint), without loading weights."""
     from .loading import resolve
     from .registry import Registry
 
     registry = Registry.load(registry_files, plugins.registry_files)
-    entry = resolve(model, registry, plugins).entry
+    entry = resolve(model, registry, plugins, allow_pickle=allow_pickle).entry
     name = entry.task or plugins.family(entry.plugin).default_task
     if name is None or name not in plugins.tasks:
         raise PriorswapError(f"no task '{name}' is registered for '{model}' (tasks: {', '.join(plugins.tasks)})")
@@ -490,7 +492,7 @@ def run(request: EvalRequest) -> dict:
     if request.out is not None and request.out.exists() and not request.out.is_dir():
         raise PriorswapError(f"--out {request.out} is a file; give a folder")
     plugins = get_plugins()
-    task_name, task_cls = task_for(request.model, request.registry, plugins)
+    task_name, task_cls = task_for(request.model, request.registry, plugins, allow_pickle=request.allow_pickle)
     if not task_cls.metrics:
         raise PriorswapError(f"task '{task_name}' declares no metrics (Task.metrics): nothing to measure")
     M.check_metric_names(task_cls.metrics, f"task '{task_name}'")

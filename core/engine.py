@@ -12,6 +12,7 @@ import torch
 
 from .adapters import Adapter
 from .conditions import Condition, concat, expand
+from .ddim import ddim_step
 from .denoiser import Denoiser
 from .errors import PriorswapError
 from .guidance import REFERENCE, Branch, Guidance, Role, rescale
@@ -125,11 +126,8 @@ class Sampler:
         """Samples from `noise` (unit variance) in `steps` scheduler steps; returns the final latent.
         `eta` > 0 makes DDIM stochastic (its step noise drawn from `generator`, as diffusers pipelines do)."""
         sched = self.scheduler
-        step_kwargs = {}
-        if eta:
-            if type(sched).__name__ != "DDIMScheduler":
-                raise PriorswapError(f"eta={eta:g} needs the DDIM scheduler (got {type(sched).__name__})")
-            step_kwargs = {"eta": eta, "generator": generator}
+        if eta and type(sched).__name__ != "DDIMScheduler":
+            raise PriorswapError(f"eta={eta:g} needs the DDIM scheduler (got {type(sched).__name__})")
         model = self.routes["model"].denoiser
         sched.set_timesteps(steps, device=noise.device)
         x = noise * sched.init_noise_sigma
@@ -152,7 +150,10 @@ class Sampler:
                 x = x + a * (r - 1.0) * x0
                 x_in, x0 = x, r * x0
             out = from_x0(prediction_type, x0, x_in, a, b)
-            x = sched.step(out, t, x, **step_kwargs).prev_sample
+            if eta:
+                x = ddim_step(sched, out, t, x, eta, generator)  # diffusers' step, NaN-free at ᾱ_t = 0
+            else:
+                x = sched.step(out, t, x).prev_sample
             if callback is not None:
                 callback(StepInfo(i, len(sched.timesteps), float(t), sigma, x, x0))
         return x

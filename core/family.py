@@ -41,7 +41,10 @@ class Family:
     into registry-entry fields; `pipeline_classes` are the diffusers `model_index.json` class names
     that identify the family's folders. `convert(checkpoint, entry, out, allow_pickle=..., offline=...)`
     turns a single released checkpoint (an entry whose source names a `file`) into a loadable folder
-    `out`; the core runs it once and keeps the result in its cache. Callables may be lazy
+    `out`; the core runs it once and keeps the result in its cache. `describe_checkpoint(keys)` gives,
+    from a checkpoint file's tensor names, the registry-entry fields (with `variant`) of each preset the
+    file can be — several when the names cannot tell them apart — so that a local file can be passed
+    where a registry id goes (`--model path/model.ckpt`). Callables may be lazy
     "module:attr" strings, so that registering a plugin imports neither torch nor diffusers."""
 
     name: str
@@ -51,3 +54,4 @@ class Family:
     default_task: str | None = None
     folders: dict[str, list[str]] = field(default_factory=dict)
     convert: Callable[..., Any] | str | None = None
+    describe_checkpoint: Callable[[set[str]], list[dict]] | str | None = None

@@ -68,24 +68,82 @@ def fetch(
     return Path(path)
 
 
-def fetch_file(source: Source, *, offline: bool | None = None, cache_dir: str | None = None) -> Path:
-    """The single file `source.file` (downloaded at the pinned revision, or from the cache / folder)."""
+def fetch_file(
+    source: Source, *, offline: bool | None = None, cache_dir: str | None = None, log: Any = None
+) -> Path:
+    """The single file `source.file` (downloaded at the pinned revision, or from the cache / folder).
+
+    A source with `sha256` is verified by content before it is returned (hashing reads the whole file
+    once; callers fetch single checkpoints only to convert them). On the hub, a content-pinned source
+    whose revision is a branch is first checked against the file's hash the hub reports, so a moved
+    branch is refused before anything is downloaded."""
     if source.file is None:
         raise ValueError("fetch_file needs a source with a `file`")
     if source.path is not None:
         path = fetch(source) / source.file
         if not path.is_file():
             raise WeightsUnavailable(f"checkpoint {path} does not exist")
-        return path
+    else:
+        from huggingface_hub import hf_hub_download
 
-    from huggingface_hub import hf_hub_download
+        local_only = is_offline(offline)
+        revision = source.revision
+        with _hub_errors(source, local_only, f" {source.file}"):
+            if source.sha256 and not source.pinned_by_commit and not local_only:
+                revision = _commit_holding(source)
+            path = Path(hf_hub_download(
+                source.repo, source.file, revision=revision, local_files_only=local_only, cache_dir=cache_dir
+            ))
+    if source.sha256:
+        verify_sha256(path, source.sha256, source.describe(), log=log)
+    return path
 
-    local_only = is_offline(offline)
-    with _hub_errors(source, local_only, f" {source.file}"):
-        path = hf_hub_download(
-            source.repo, source.file, revision=source.revision, local_files_only=local_only, cache_dir=cache_dir
+
+def _commit_holding(source: Source) -> str:
+    """The commit the source's branch points at, after checking that its file is the pinned content."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        meta = get_hf_file_metadata(hf_hub_url(source.repo, source.file, revision=source.revision))
+    except (EntryNotFoundError, GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError):
+        raise  # the hub answered: _hub_errors explains
+    except Exception:  # the hub could not be reached: the download falls back to the cache (still verified)
+        return source.revision
+    etag = (meta.etag or "").strip('"').removeprefix("W/").strip('"')
+    if len(etag) == 64 and etag != source.sha256:  # LFS files report their sha256 as etag
+        raise WeightsUnavailable(
+            f"{source.repo}@{source.revision}:{source.file} is no longer the pinned file (the hub reports sha256 "
+            f"{etag}, the registry pins {source.sha256}): the branch has moved since the entry was written. "
+            "Check the new file and update the entry's sha256 (and pin a commit if you know one)."
         )
-    return Path(path)
+    return meta.commit_hash or source.revision
+
+
+def verify_sha256(path: Path, expected: str, what: str, *, log: Any = None) -> None:
+    """Raises WeightsUnavailable unless the file's sha256 is `expected` (read in 8 MiB chunks)."""
+    import hashlib
+    import sys
+
+    size = path.stat().st_size
+    if size > 1 << 30:
+        (log or (lambda msg: print(msg, file=sys.stderr)))(
+            f"verifying {what} ({size / 2**30:.1f} GiB, sha256, once)")
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(8 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        raise WeightsUnavailable(
+            f"{path} is not the pinned file of {what}: its sha256 is {digest.hexdigest()}, the registry pins "
+            f"{expected}. The download may be corrupt or the repo changed: delete the file (e.g. `hf cache "
+            "delete`) and fetch it again, or correct the entry."
+        )
 
 
 @contextlib.contextmanager
@@ -167,6 +225,36 @@ def load_component(
     model.load_state_dict({k: v for k, v in state.items() if k not in stale})
     _save_converted(model, converted)
     return model.to(dtype) if dtype is not None else model
+
+
+def load_state_dict(file: Path, *, allow_pickle: bool = False) -> dict[str, Any]:
+    """The tensors of one weights file that is not a diffusers/transformers component (e.g. a plugin's own
+    small projection): safetensors directly; a pickle from its safetensors copy in the cache, or, opted in,
+    with torch.load(weights_only=True), keeping that copy so that later runs need no opt-in."""
+    from safetensors.torch import load_file, save_file
+
+    if file.suffix == ".safetensors":
+        return load_file(file)
+    copy = _converted_pickle(file) / "model.safetensors"
+    if copy.is_file():
+        return load_file(copy)
+    if not allow_pickle:
+        raise WeightsUnavailable(
+            f"{file} is pickled. Pickles can run code when loaded: convert it to safetensors, or pass "
+            "--allow-pickle (allow_pickle=True) to load it once with torch.load(weights_only=True); priorswap "
+            "then keeps a safetensors copy in its cache, and later runs read that copy without the flag."
+        )
+    import torch
+
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    tensors = {k: v.contiguous().clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    tmp = copy.with_name(f"model.tmp-{os.getpid()}.safetensors")
+    save_file(tensors, str(tmp))
+    tmp.replace(copy)
+    return tensors
 
 
 def _converted_pickle(pickle: Path) -> Path:

@@ -60,10 +60,17 @@ def read_model_index(folder: Path) -> dict:
     return json.loads(index.read_text())
 
 
-def resolve(ref: str, registry: Registry, plugins: Plugins) -> Resolved:
-    """A registry id, or a local diffusers folder recognised by its model_index.json class name."""
+def resolve(ref: str, registry: Registry, plugins: Plugins, *, allow_pickle: bool = False) -> Resolved:
+    """A registry id, a local diffusers folder recognised by its model_index.json class name, or a local
+    checkpoint file (`path/model.ckpt`, `path/model.ckpt#variant`) recognised by its tensor names."""
+    from .checkpoints import checkpoint_entry, split_ref
+
     path = Path(ref).expanduser()
-    if path.is_dir():
+    checkpoint = split_ref(ref)
+    if checkpoint is not None:
+        entry = checkpoint_entry(*checkpoint, plugins, allow_pickle=allow_pickle)
+        ref_id = ref
+    elif path.is_dir():
         class_name = read_model_index(path).get("_class_name", "?")
         family = plugins.family_for_pipeline(class_name)
         if family is None:
@@ -131,10 +138,10 @@ def load(
 
 
 def compatible_priors(
-    model_ref: str, registry: Registry, plugins: Plugins, match: str = "continuous"
+    model_ref: str, registry: Registry, plugins: Plugins, match: str = "continuous", *, allow_pickle: bool = False
 ) -> list[Plan]:
     """Every prior in the registry with the adapters that would be inserted, or why it can't pair."""
-    model = resolve(model_ref, registry, plugins).spec()
+    model = resolve(model_ref, registry, plugins, allow_pickle=allow_pickle).spec()
     plans = []
     for prior_id in registry.with_role("prior"):
         if prior_id == model_ref:

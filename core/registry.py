@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import RegistryError
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
 Role = Literal["model", "prior"]
 
 
@@ -30,13 +31,16 @@ class Source(Strict):
     """Where weights live: a hub repo pinned to a commit, a local folder, or a folder inside a package.
 
     `file` names a single checkpoint in that repo or folder (e.g. a Lightning `model.ckpt`) that the
-    family's converter turns, once, into a per-component folder in priorswap's cache."""
+    family's converter turns, once, into a per-component folder in priorswap's cache. `sha256` pins
+    that file by content: the file is verified before it is used, and a hub source pinned this way
+    may name a branch as its revision (where no commit of the repo is known)."""
 
     repo: str | None = None
     revision: str | None = None
     path: str | None = None
     package: str | None = None
     file: str | None = None
+    sha256: str | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Source:
@@ -45,20 +49,36 @@ class Source(Strict):
         if self.repo is not None:
             if "/" not in self.repo:
                 raise ValueError(f"repo {self.repo!r} must look like 'owner/name'")
-            if self.revision is None or not COMMIT.match(self.revision):
+            if self.sha256 is not None and self.file is not None:
+                if not self.revision:
+                    raise ValueError("a content-pinned source needs a `revision` (a commit, or the branch to read)")
+            elif self.revision is None or not COMMIT.match(self.revision):
                 raise ValueError(
-                    f"revision {self.revision!r} must be a full 40-character commit hash (pin the exact snapshot)"
+                    f"revision {self.revision!r} must be a full 40-character commit hash (pin the exact snapshot),"
+                    " or give `file` with its `sha256` to pin a single checkpoint by content"
                 )
+        if self.sha256 is not None:
+            if self.file is None:
+                raise ValueError("`sha256` pins a single checkpoint: give the `file` it belongs to")
+            if not SHA256.match(self.sha256):
+                raise ValueError(f"sha256 {self.sha256!r} must be 64 lowercase hex digits")
         if self.package is not None and self.path is None:
             raise ValueError("`package` needs a `path` inside that package")
         if self.file is not None and (not self.file or self.file.startswith("/") or ".." in Path(self.file).parts):
             raise ValueError(f"file {self.file!r} must be a relative path inside the repo or folder")
         return self
 
+    @property
+    def pinned_by_commit(self) -> bool:
+        """True for hub sources whose revision is a full commit hash."""
+        return self.repo is not None and bool(COMMIT.match(self.revision or ""))
+
     def describe(self) -> str:
-        where = f"{self.repo}@{self.revision[:10]}" if self.repo else (
+        revision = (self.revision or "")[:10] if self.pinned_by_commit else self.revision
+        where = f"{self.repo}@{revision}" if self.repo else (
             f"{self.package}:{self.path}" if self.package else str(self.path))
-        return f"{where}:{self.file}" if self.file else where
+        where = f"{where}:{self.file}" if self.file else where
+        return f"{where} (sha256 {self.sha256[:12]}…)" if self.sha256 else where
 
 
 class ScheduleSpec(Strict):

@@ -515,7 +515,7 @@ def test_whole_run_matches_official_ddim_loop(pair, folders):
     model = pair.model.denoiser
     inputs = pair.inputs({"image": folders["image"], "prompt": "a cat"})
     got = pair.sample(inputs, guidance=G.dual_cfg(1.5, 7.5).with_options(rescale=0.7), steps=4, seed=3,
-                      decode=False).latents
+                      decode=False, eta=0.0).latents
     conds = pair.task.conditions(inputs, model)
     ac = make_scheduler("ddim", model.scheduler_config).alphas_cumprod.double()
     s = np.concatenate([np.linspace(1, 0.7, 400), np.full(1000, 0.7)])
@@ -678,5 +678,86 @@ def test_the_shipped_checkpoint_entry_says_what_to_do(tmp_path, monkeypatch):
     with pytest.raises(WeightsUnavailable,
                        match="hf download Doubiiu/DynamiCrafter_512 model.ckpt --revision 9eb874455b79"):
         load_pair("dynamicrafter-512", allow_pickle=True, offline=True)
+    with pytest.raises(WeightsUnavailable, match="hf download Doubiiu/DynamiCrafter model.ckpt --revision main"):
+        load_pair("dynamicrafter-256", allow_pickle=True, offline=True)  # pinned by the file's sha256
     with pytest.raises(ValueError, match="relative path"):
         Source(repo="a/b", revision=HUB_COMMIT, file="../model.ckpt")
+
+
+def test_released_checkpoints_are_recognised_by_their_tensor_names():
+    """The fixtures' full-size key manifests (the released files' names) → the presets they can be."""
+    from priorswap.plugins.dynamicrafter.recognise import describe_dynamicrafter, describe_videocrafter
+
+    if not (FIXTURES / "dynamicrafter").is_dir():
+        pytest.skip(f"DynamiCrafter fixtures not found under {FIXTURES}")
+
+    def names(case):
+        keys = set(json.loads((FIXTURES / "dynamicrafter" / case / "manifest-full.json").read_text())["tensors"])
+        return [f["variant"] for f in describe_dynamicrafter(keys) + describe_videocrafter(keys)]
+
+    assert names("dc256") == ["dynamicrafter-256"]
+    assert names("dc512") == names("dc512_interp") == [
+        "dynamicrafter-512", "dynamicrafter-1024", "dynamicrafter-512-interp"]
+    assert names("vc2_t2v") == ["videocrafter2"]
+
+
+def test_recognised_fields_agree_with_the_shipped_entries():
+    from priorswap.plugin_manager import get_plugins
+    from priorswap.plugins.dynamicrafter.recognise import entry_fields
+    from priorswap.registry import ModelEntry, Registry, Source
+
+    plugins = get_plugins()
+    registry = Registry.load([], plugins.registry_files)
+    skip = {"source", "description"}
+    for name in ("dynamicrafter-256", "dynamicrafter-512"):
+        shipped = registry.entry(name)
+        fields = entry_fields(shipped.variant)
+        recognised = ModelEntry(plugin=shipped.plugin, source=Source(path="/x", file="model.ckpt"), **fields)
+        assert recognised.model_dump(exclude=skip) == shipped.model_dump(exclude=skip)
+
+
+def test_a_local_checkpoint_file_is_a_model_reference(tmp_path, folders, monkeypatch, capsys):
+    """`--model path/model.ckpt#variant`: recognised by its tensor names, converted once, then read from the cache
+    without the opt-in; ambiguous, unknown, mistyped and missing files say what to do."""
+    from clihelp import run_cli
+
+    from priorswap.errors import WeightsUnavailable
+    from priorswap.plugins.dynamicrafter import convert
+    from priorswap.registry import Source
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("PRIORSWAP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(convert, "TOKENIZER_SOURCE", Source(path=str(folders["dc512"].parent / "parts")))
+    ckpt = tmp_path / "dynamicrafter_512_v1" / "model.ckpt"
+    ckpt.parent.mkdir()
+    overrides, unet, _ = release_checkpoint(ckpt)
+    monkeypatch.setattr(convert, "CONVERT_OVERRIDES", overrides)
+
+    with pytest.raises(WeightsUnavailable, match="pickled checkpoint.*--allow-pickle"):
+        load_pair(str(ckpt))
+    with pytest.raises(PriorswapError, match=r"could be any of dynamicrafter-512, dynamicrafter-1024, "
+                                             r"dynamicrafter-512-interp.*model.ckpt#dynamicrafter-512"):
+        load_pair(str(ckpt), allow_pickle=True)
+    with pytest.raises(PriorswapError, match="cannot be 'videocrafter2'"):
+        load_pair(f"{ckpt}#videocrafter2", allow_pickle=True)
+    pair = load_pair(f"{ckpt}#dynamicrafter-512", allow_pickle=True)
+    assert pair.model.denoiser.parameterization == "v_prediction"
+    torch.testing.assert_close(pair.model.denoiser.net.state_dict()["out.2.weight"], unet.state_dict()["out.2.weight"])
+    assert pair.model.folder.is_relative_to(tmp_path / "cache" / "converted")
+    # a later run needs no opt-in: the description and the converted folder come from the cache
+    seen = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: seen.append(a) or pytest.fail("the pickle was read again"))
+    again = load_pair(f"{ckpt}#dynamicrafter-512")
+    assert again.model.folder == pair.model.folder and seen == []
+    code, stdout, stderr = run_cli(capsys, "pairs", f"{ckpt}#dynamicrafter-512", "--prior", "sd-2.1-base")
+    assert code == 0, stderr
+    assert "yes" in stdout and "σ-match" in stdout
+
+    with pytest.raises(WeightsUnavailable, match="does not exist"):
+        load_pair(str(tmp_path / "nowhere" / "model.ckpt"))
+    stranger = tmp_path / "other.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"encoder.weight": torch.zeros(2)}, stranger)
+    with pytest.raises(PriorswapError, match="no installed plugin recognises.*tensors start with: encoder"):
+        load_pair(str(stranger))

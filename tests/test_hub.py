@@ -187,3 +187,84 @@ def test_a_stable_diffusion_prior_fetches_its_text_encoder_only_on_a_null_cache_
     assert fetched == [["scheduler", "unet"]]
     a, b = first.prior.denoiser.null_condition(), second.prior.denoiser.null_condition()
     assert torch.equal(a["encoder_hidden_states"], b["encoder_hidden_states"])
+
+
+SHA = "a" * 64
+
+
+def test_content_pinned_sources_validate():
+    pinned = Source(repo="org/x", revision="main", file="model.ckpt", sha256=SHA)
+    assert not pinned.pinned_by_commit and pinned.describe() == "org/x@main:model.ckpt (sha256 aaaaaaaaaaaa…)"
+    with pytest.raises(ValueError, match="full 40-character commit hash.*or give `file` with its `sha256`"):
+        Source(repo="org/x", revision="main", file="model.ckpt")
+    with pytest.raises(ValueError, match="give the `file`"):
+        Source(repo="org/x", revision=COMMIT, sha256=SHA)
+    with pytest.raises(ValueError, match="64 lowercase hex"):
+        Source(repo="org/x", revision="main", file="model.ckpt", sha256="ABC")
+
+
+def _blob_cache(tmp_path, content: bytes, repo="org/x", commit=COMMIT):
+    """A Hugging Face cache with `model.ckpt` of `repo` on main (the snapshot file links to its blob)."""
+    import hashlib
+
+    sha = hashlib.sha256(content).hexdigest()
+    repo_dir = tmp_path / "hub" / f"models--{repo.replace('/', '--')}"
+    (repo_dir / "blobs").mkdir(parents=True)
+    (repo_dir / "blobs" / sha).write_bytes(content)
+    (repo_dir / "snapshots" / commit).mkdir(parents=True)
+    (repo_dir / "snapshots" / commit / "model.ckpt").symlink_to(repo_dir / "blobs" / sha)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    return tmp_path / "hub", sha
+
+
+def test_a_content_pinned_file_is_verified(tmp_path, monkeypatch):
+    root, sha = _blob_cache(tmp_path, b"released weights")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(root))
+    good = Source(repo="org/x", revision="main", file="model.ckpt", sha256=sha)
+    assert hub.fetch_file(good, offline=True).read_bytes() == b"released weights"
+    bad = Source(repo="org/x", revision="main", file="model.ckpt", sha256=SHA)
+    with pytest.raises(WeightsUnavailable, match=f"sha256 is {sha}, the registry pins {SHA}"):
+        hub.fetch_file(bad, offline=True)
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "model.ckpt").write_bytes(b"tampered")
+    with pytest.raises(WeightsUnavailable, match="not the pinned file"):
+        hub.fetch_file(Source(path=str(local), file="model.ckpt", sha256=sha))
+
+
+def test_a_moved_branch_is_refused_before_downloading(tmp_path, monkeypatch):
+    """Online, the hub's etag (an LFS file's sha256) is checked first; the download is made at the commit the
+    metadata names, so the file verified and the file fetched are the same."""
+    from types import SimpleNamespace
+
+    root, sha = _blob_cache(tmp_path, b"released weights")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(root))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    calls = []
+    real = huggingface_hub.hf_hub_download
+
+    def download(repo, file, *, revision, **kw):
+        calls.append(revision)
+        return real(repo, file, revision=revision, **{**kw, "local_files_only": True})
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    meta = SimpleNamespace(etag=f'"{"b" * 64}"', commit_hash=COMMIT)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url: meta)
+    source = Source(repo="org/x", revision="main", file="model.ckpt", sha256=sha)
+    with pytest.raises(WeightsUnavailable, match="no longer the pinned file .*branch has moved"):
+        hub.fetch_file(source, offline=False)
+    assert calls == []
+    meta.etag = sha
+    assert hub.fetch_file(source, offline=False).read_bytes() == b"released weights"
+    assert calls == [COMMIT]
+
+
+def test_the_converted_folder_of_a_content_pinned_source_is_keyed_by_its_hash():
+    from priorswap.conversion import converted_path
+    from priorswap.registry import ModelEntry
+
+    fam = priorswap.Family(name="f", load=lambda request: None)
+    entry = ModelEntry(plugin="f", source=Source(repo="org/x", revision="main", file="model.ckpt", sha256=SHA),
+                       latent_space="sd-kl-f8", resolution=256, variant="v")
+    assert converted_path(entry, fam).parent.name == SHA

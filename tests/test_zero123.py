@@ -161,13 +161,18 @@ def test_released_config_without_sizes_uses_the_772_to_768_defaults(tmp_path):
         load_cc_projection(small)
 
 
-def test_pickled_projection_needs_the_opt_in(tmp_path):
+def test_pickled_projection_needs_the_opt_in_once(tmp_path, monkeypatch):
     from priorswap.plugins.zero123.denoiser import load_cc_projection
 
+    monkeypatch.setenv("PRIORSWAP_CACHE", str(tmp_path / "cache"))
     folder = _cc_folder(tmp_path / "cc", 16, 12, {"in_channel": 16, "out_channel": 12}, suffix=".bin")
     with pytest.raises(PriorswapError, match="--allow-pickle"):
         load_cc_projection(folder)
-    assert load_cc_projection(folder, allow_pickle=True).weight.shape == (12, 16)
+    first = load_cc_projection(folder, allow_pickle=True)
+    assert first.weight.shape == (12, 16)
+    # the opted-in run kept a safetensors copy: later runs read it without the flag and without torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("the pickle was read again"))
+    torch.testing.assert_close(load_cc_projection(folder).weight, first.weight)
 
 
 def test_a_four_channel_unet_is_not_taken_for_zero123(tmp_path, sd_folder):

@@ -13,6 +13,7 @@ from priorswap import Family, hookimpl
 REGISTRY_FILE = Path(__file__).with_name("registry.yaml")
 _DENOISER = "priorswap.plugins.dynamicrafter.denoiser"
 _CONVERT = "priorswap.plugins.dynamicrafter.convert:convert_for_entry"
+_RECOGNISE = "priorswap.plugins.dynamicrafter.recognise"
 
 
 @hookimpl
@@ -25,6 +26,7 @@ def register_denoisers(register):
             pipeline_classes=("DynamiCrafterPipeline",),
             default_task="image-to-video",
             convert=_CONVERT,
+            describe_checkpoint=f"{_RECOGNISE}:describe_dynamicrafter",
             folders={"model": ["unet", "image_proj", "scheduler", "text_encoder", "tokenizer", "image_encoder",
                                "vae"]},
         )
@@ -37,6 +39,7 @@ def register_denoisers(register):
             pipeline_classes=("VideoCrafterPipeline",),
             default_task="text-to-video",
             convert=_CONVERT,
+            describe_checkpoint=f"{_RECOGNISE}:describe_videocrafter",
             # a prior needs only its UNet and schedule; the text encoder is fetched on a null-cache miss
             folders={
                 "model": ["unet", "scheduler", "text_encoder", "tokenizer", "vae"],

@@ -15,12 +15,14 @@ def register(cli: typer.Typer) -> None:
 
     @cli.command()
     def video(
-        model: Annotated[str, typer.Option(help="DynamiCrafter / VideoCrafter folder or registry id.")],
+        model: Annotated[str, typer.Option(
+            help="DynamiCrafter / VideoCrafter registry id, folder or checkpoint file (FILE[#variant]).")],
         prompt: Annotated[str, typer.Option(help="Text prompt.")],
         out: Annotated[Path, typer.Option(help="MP4 file; a .gif and a frame-strip .png are written beside it.")],
         image: Annotated[Path | None, typer.Option(help="First frame (image-to-video).")] = None,
         end_image: Annotated[Path | None, typer.Option(help="Last frame (interpolation checkpoint).")] = None,
-        prior: Annotated[str | None, typer.Option(help="Prior (VideoCrafter2) folder or registry id.")] = None,
+        prior: Annotated[str | None, typer.Option(
+            help="Prior (VideoCrafter2): registry id, folder or checkpoint file.")] = None,
         method: Annotated[str | None, typer.Option(help="cfg, prior-swap, dual-cfg, dual-prior-swap, ...")] = None,
         guidance: Annotated[float | None, typer.Option(help="Text guidance scale γT.")] = None,
         image_guidance: Annotated[float | None, typer.Option(help="Image guidance scale γI (dual).")] = None,

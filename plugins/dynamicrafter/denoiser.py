@@ -30,17 +30,13 @@ from priorswap.hub import folders_on_demand, load_component
 from priorswap.nullcache import cached_null
 from priorswap.text_encoders import ClipTextEncoder
 
-from .presets import LVDM_CONFIG
+from .presets import LVDM_CONFIG, RECOMMENDED
 from .resampler import Resampler
 from .unet3d import UNet3D
 
 PIPELINE_CLASSES = {"DynamiCrafterPipeline": "dynamicrafter", "VideoCrafterPipeline": "videocrafter"}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-RECOMMENDED = {
-    "dynamicrafter": {"steps": 50, "guidance": 7.5, "image_guidance": 1.5, "scheduler": "ddim"},
-    "videocrafter": {"steps": 50, "guidance": 12.0, "scheduler": "ddim"},
-}
 
 
 def scale_table(base_scale: float) -> np.ndarray:

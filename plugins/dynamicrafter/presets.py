@@ -40,6 +40,12 @@ def _dc(base_scale: float | None, fs: int, height: int, width: int, fs_meaning: 
     }
 
 
+# `sample` defaults: the official scripts' DDIM with ddim_eta 1.0, 50 steps, γT / γI
+RECOMMENDED = {
+    "dynamicrafter": {"steps": 50, "guidance": 7.5, "image_guidance": 1.5, "scheduler": "ddim", "eta": 1.0},
+    "videocrafter": {"steps": 50, "guidance": 12.0, "scheduler": "ddim", "eta": 1.0},
+}
+
 PRESETS: dict[str, dict] = {
     "dynamicrafter-256": {"scheduler": EPS_UNIFORM, "lvdm": _dc(None, 3, 256, 256, "frame_stride")},
     "dynamicrafter-512": {"scheduler": V_ZTSNR_TRAILING, "lvdm": _dc(0.7, 24, 320, 512, "fps")},

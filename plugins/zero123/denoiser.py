@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from priorswap import Denoiser, DiscreteSchedule, LoadRequest, PriorswapError
-from priorswap.hub import PICKLE_SUFFIXES, load_component
+from priorswap.hub import PICKLE_SUFFIXES, load_component, load_state_dict
 from priorswap.vae import VaeDecoder, describe_vae
 
 IN_CHANNELS = 8  # 4 noisy-latent channels + 4 source-image latent channels
@@ -88,15 +88,9 @@ def _cc_state(folder: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
     pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if not pickles:
         raise PriorswapError(f"{folder} holds no cc_projection weights (no .safetensors file)")
-    if not allow_pickle:
-        raise PriorswapError(
-            f"{folder} holds only pickled weights ({', '.join(p.name for p in pickles)}). Pickles can run code "
-            "when loaded: convert them to safetensors, or pass --allow-pickle (allow_pickle=True) to load them "
-            "with torch.load(weights_only=True)."
-        )
     if len(pickles) > 1:
         raise PriorswapError(f"{folder} holds several pickles; convert the checkpoint to safetensors")
-    return torch.load(pickles[0], map_location="cpu", weights_only=True)
+    return load_state_dict(pickles[0], allow_pickle=allow_pickle)  # kept as safetensors after the first run
 
 
 def load_cc_projection(folder: Path, allow_pickle: bool = False, dtype: torch.dtype | None = None) -> torch.nn.Linear:
