@@ -367,6 +367,32 @@ def doctor(registry: RegistryOpt = None) -> None:
     raise typer.Exit(0 if ok else 1)
 
 
+@app.command()
+def cache(
+    clear: Annotated[list[str] | None, typer.Option(
+        help="Delete a kind of cached data: converted, pickles, null, checkpoints or all (repeatable).")] = None,
+) -> None:
+    """Show what priorswap keeps in its cache (sizes on disk), or clear it; all of it can be rebuilt."""
+    from .cache import clear as clear_kinds
+    from .cache import items
+    from .nullcache import cache_home
+
+    if clear:
+        gone = clear_kinds([k for value in clear for k in value.split(",") if k])
+        freed = sum(item.bytes for item in gone)
+        console.print(f"deleted {len(gone)} cached item(s), {freed / 2**30:.2f} GiB freed from {cache_home()}")
+        return
+    found = items()
+    table = Table(title=f"priorswap cache: {cache_home()}", title_justify="left")
+    for col in ("kind", "holds", "size", "path"):
+        table.add_column(col)
+    for item in found:
+        table.add_row(item.kind, item.what, f"{item.bytes / 2**20:,.1f} MiB", str(item.path))
+    console.print(table if found else f"the cache at {cache_home()} is empty")
+    console.print(f"total {sum(i.bytes for i in found) / 2**30:.2f} GiB; hub downloads live in the Hugging Face "
+                  "cache (`hf cache scan`)")
+
+
 @app.command("check-golden")
 def check_golden(
     folders: Annotated[list[Path], typer.Argument(help="Fixture folder(s) with fixture.json, or folders above them.")],

@@ -50,7 +50,7 @@ def _commands(page: Path) -> list[list[str]]:
     return out
 
 
-@pytest.mark.parametrize("page", ["docs/paper.md", "docs/eval.md"])
+@pytest.mark.parametrize("page", ["README.md", "docs/paper.md", "docs/eval.md", "docs/families/dynamicrafter.md"])
 def test_documented_commands_use_real_options(page):
     """Every option of every command on the page exists: the command's own options, or (for `sample`) a
     field of some registered task's inputs. These commands need GPUs and hub weights, so they are not run."""
