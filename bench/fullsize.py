@@ -135,6 +135,8 @@ def build_model_folder(path: Path, tiny: bool = False, dtype: torch.dtype = torc
     from safetensors.torch import save_file
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+    from priorswap.plugins.zero123 import MODEL_INDEX
+
     cfg = sizes(tiny)
     path = Path(path)
     torch.manual_seed(seed)
@@ -157,14 +159,7 @@ def build_model_folder(path: Path, tiny: bool = False, dtype: torch.dtype = torc
         json.dumps({"_class_name": "CCProjection", "in_channel": n_in, "out_channel": n_out}))
     DDIMScheduler(clip_sample=False, set_alpha_to_one=False, **SCHEDULE).save_pretrained(path / "scheduler")
     CLIPImageProcessor().save_pretrained(path / "feature_extractor")
-    index = {
-        "_class_name": "Zero1to3StableDiffusionPipeline", "cc_projection": ["pipeline_zero1to3", "CCProjection"],
-        "feature_extractor": ["transformers", "CLIPImageProcessor"],
-        "image_encoder": ["transformers", "CLIPVisionModelWithProjection"], "requires_safety_checker": False,
-        "safety_checker": [None, None], "scheduler": ["diffusers", "DDIMScheduler"],
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (path / "model_index.json").write_text(json.dumps(index, indent=2))
+    (path / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
     return path
 
 

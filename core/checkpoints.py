@@ -15,12 +15,12 @@ from typing import Any
 
 from .errors import PriorswapError, WeightsUnavailable
 from .family import resolve_ref
+from .hub import PICKLE_SUFFIXES
 from .nullcache import cache_home
 from .plugin_manager import Plugins
 from .registry import ModelEntry, Source
 
-PICKLED = (".ckpt", ".pt", ".pth", ".bin")
-SUFFIXES = (*PICKLED, ".safetensors")
+SUFFIXES = (*PICKLE_SUFFIXES, ".safetensors")
 
 
 def split_ref(ref: str) -> tuple[Path, str | None] | None:

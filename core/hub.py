@@ -115,7 +115,7 @@ def _commit_holding(source: Source) -> str:
         raise  # the hub answered: _hub_errors explains
     except Exception:  # the hub could not be reached: the download falls back to the cache (still verified)
         return source.revision
-    etag = (meta.etag or "").strip('"').removeprefix("W/").strip('"')
+    etag = meta.etag or ""  # huggingface_hub strips the quotes
     if len(etag) == 64 and etag != source.sha256:  # LFS files report their sha256 as etag
         raise WeightsUnavailable(
             f"{source.repo}@{source.revision}:{source.file} is no longer the pinned file (the hub reports sha256 "

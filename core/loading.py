@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .adapters import PairSpec, Plan, plan_pair
+from .checkpoints import checkpoint_entry, split_ref
 from .denoiser import Denoiser
 from .errors import PriorswapError, RegistryError
 from .family import LoadRequest, resolve_ref
@@ -63,8 +64,6 @@ def read_model_index(folder: Path) -> dict:
 def resolve(ref: str, registry: Registry, plugins: Plugins, *, allow_pickle: bool = False) -> Resolved:
     """A registry id, a local diffusers folder recognised by its model_index.json class name, or a local
     checkpoint file (`path/model.ckpt`, `path/model.ckpt#variant`) recognised by its tensor names."""
-    from .checkpoints import checkpoint_entry, split_ref
-
     path = Path(ref).expanduser()
     checkpoint = split_ref(ref)
     if checkpoint is not None:

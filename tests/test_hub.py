@@ -249,7 +249,7 @@ def test_a_moved_branch_is_refused_before_downloading(tmp_path, monkeypatch):
         return real(repo, file, revision=revision, **{**kw, "local_files_only": True})
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
-    meta = SimpleNamespace(etag=f'"{"b" * 64}"', commit_hash=COMMIT)
+    meta = SimpleNamespace(etag="b" * 64, commit_hash=COMMIT)
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url: meta)
     source = Source(repo="org/x", revision="main", file="model.ckpt", sha256=sha)
     with pytest.raises(WeightsUnavailable, match="no longer the pinned file .*branch has moved"):

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 import priorswap
 from priorswap.errors import PriorswapError
 from priorswap.golden import check_fixture, read_fixture
+from priorswap.plugins.zero123 import MODEL_INDEX
 
 FIXTURES = Path(os.environ.get("PRIORSWAP_FIXTURES") or Path(__file__).resolve().parents[2] / "shared" / "fixtures")
 TINY = FIXTURES / "zero123" / "tiny"
@@ -61,14 +62,7 @@ def make_zero123_folder(path: Path, seed: int = 0, cc_config: dict | None = None
               path / "cc_projection" / "diffusion_pytorch_model.safetensors")
     config = {"_class_name": "CCProjection", "in_channel": EMBED_DIM + 4, "out_channel": CONTEXT_DIM}
     (path / "cc_projection" / "config.json").write_text(json.dumps(cc_config or config))
-    index = {
-        "_class_name": "Zero1to3StableDiffusionPipeline", "cc_projection": ["pipeline_zero1to3", "CCProjection"],
-        "feature_extractor": ["transformers", "CLIPImageProcessor"],
-        "image_encoder": ["transformers", "CLIPVisionModelWithProjection"], "requires_safety_checker": False,
-        "safety_checker": [None, None], "scheduler": ["diffusers", "DDIMScheduler"],
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (path / "model_index.json").write_text(json.dumps(index))
+    (path / "model_index.json").write_text(json.dumps(MODEL_INDEX))
     return path
 
 

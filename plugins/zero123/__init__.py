@@ -13,6 +13,14 @@ from priorswap import Family, hookimpl
 
 REGISTRY_FILE = Path(__file__).with_name("registry.yaml")
 COMPONENTS = ["unet", "scheduler", "vae", "image_encoder", "cc_projection"]
+# model_index.json of the released kxic/zero123-* folders (the reference community pipeline's layout)
+MODEL_INDEX = {
+    "_class_name": "Zero1to3StableDiffusionPipeline", "cc_projection": ["pipeline_zero1to3", "CCProjection"],
+    "feature_extractor": ["transformers", "CLIPImageProcessor"],
+    "image_encoder": ["transformers", "CLIPVisionModelWithProjection"], "requires_safety_checker": False,
+    "safety_checker": [None, None], "scheduler": ["diffusers", "DDIMScheduler"],
+    "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+}
 
 
 @hookimpl
