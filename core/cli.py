@@ -300,6 +300,9 @@ def eval_(
         int | None, typer.Option(help="With --data: samples per item and seed (default 1).")
     ] = None,
     limit: Annotated[int | None, typer.Option(help="With --data: only the first N items.")] = None,
+    metrics: Annotated[
+        str | None, typer.Option(help="With --data: only these of the task's metrics, comma-separated (default all).")
+    ] = None,
     seeds: Annotated[str | None, typer.Option(help="Seeds, comma-separated (pooled into the CIs).")] = None,
     steps: Annotated[int | None, typer.Option(help="Sampling steps.")] = None,
     clip: Annotated[
@@ -327,7 +330,7 @@ def eval_(
     priors = [p.strip() for item in prior for p in item.split(",") if p.strip()]
     if not priors:
         raise PriorswapError("--prior needs at least one value ('none' for plain CFG)")
-    dataset_only = {"--limit": limit, "--clip": clip, "--samples-per-item": samples_per_item}
+    dataset_only = {"--limit": limit, "--clip": clip, "--samples-per-item": samples_per_item, "--metrics": metrics}
     if data is None and any(v is not None for v in dataset_only.values()):
         given = ", ".join(k for k, v in dataset_only.items() if v is not None)
         raise PriorswapError(f"{given} only apply with --data DIR")
@@ -343,6 +346,7 @@ def eval_(
         steps=steps, out=out, ablate_adapters=ablate_adapters, registry=registry or [], offline=offline,
         allow_pickle=allow_pickle, device=device, dtype=parse_dtype(dtype, "--dtype"), data=data, limit=limit,
         clip=clip, samples_per_item=1 if samples_per_item is None else samples_per_item,
+        metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics is not None else None,
     )
     if data is not None:
         run(request)

@@ -56,6 +56,7 @@ class EvalRequest:
     limit: int | None = None
     clip: str | None = None
     samples_per_item: int = 1
+    metrics: list[str] | None = None  # a subset of the task's metrics; None = all
 
 
 @dataclass(frozen=True)
@@ -181,12 +182,12 @@ class Measurer:
     def _load(self, active: list[str], clip: str, device: str, offline: bool, allow_pickle: bool) -> None:
         if "lpips" in active:
             try:
-                self.lpips = M.Lpips(device, offline)
+                self.lpips = M.Lpips(device, offline, allow_pickle)
             except M.MetricUnavailable as e:
                 self.skipped["lpips"] = e.reason
         if "fid" in active:
             try:
-                self.inception = M.InceptionFeatures(device, offline)
+                self.inception = M.InceptionFeatures(device, offline, allow_pickle)
             except M.MetricUnavailable as e:
                 self.skipped["fid"] = e.reason
         needs_clip = [n for n in active if n in M.CLIP_METRICS]
@@ -496,11 +497,18 @@ def run(request: EvalRequest) -> dict:
     if not task_cls.metrics:
         raise PriorswapError(f"task '{task_name}' declares no metrics (Task.metrics): nothing to measure")
     M.check_metric_names(task_cls.metrics, f"task '{task_name}'")
+    names = tuple(task_cls.metrics)
+    if request.metrics is not None:
+        unknown = [m for m in request.metrics if m not in names]
+        if unknown or not request.metrics:
+            raise PriorswapError(f"--metrics {','.join(request.metrics)}: task '{task_name}' measures "
+                                 f"{', '.join(names)}; pick among those")
+        names = tuple(request.metrics)
     items = load_items(request.data, task_cls, request.limit)
     out, err = _console(False), _console(True)
     device = request.device or ("cuda" if torch.cuda.is_available() else "cpu")
     with err.status("preparing the metrics"):
-        measurer = Measurer(task_cls.metrics, items, request.clip, device, is_offline(request.offline or None),
+        measurer = Measurer(names, items, request.clip, device, is_offline(request.offline or None),
                             request.allow_pickle)
     for name, reason in measurer.skipped.items():
         err.print(f"[yellow]skipped {name}:[/] {reason}", highlight=False)

@@ -19,3 +19,12 @@ class WeightsUnavailable(PriorswapError):
 
 class PluginError(PriorswapError):
     """A plugin is missing, or failed to import or register."""
+
+
+class MetricUnavailable(Exception):
+    """A metric cannot be computed here (a package does not import, weights are not cached); `reason` says
+    why. Not a PriorswapError: the evaluation goes on and reports the metric as skipped."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

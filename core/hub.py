@@ -257,6 +257,11 @@ def load_state_dict(file: Path, *, allow_pickle: bool = False) -> dict[str, Any]
     return tensors
 
 
+def has_safetensors_copy(pickle: Path) -> bool:
+    """Whether an opted-in run already kept a safetensors copy of this pickled file (so no opt-in is needed)."""
+    return pickle.is_file() and (_converted_pickle(pickle) / "model.safetensors").is_file()
+
+
 def _converted_pickle(pickle: Path) -> Path:
     """Cache folder of the safetensors copy of a pickled component: keyed by the file's real path (a
     content hash for hub blobs), size and mtime, so a changed file is converted again."""

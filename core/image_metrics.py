@@ -8,7 +8,6 @@ are built through a loader that raises `MetricUnavailable(reason)` instead of fa
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import PriorswapError
+from .errors import MetricUnavailable, PriorswapError
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 PSNR_CAP = 100.0  # dB: identical images would give +inf
@@ -54,14 +53,6 @@ CLIP_METRICS = ("clip-image", "clip-image-target", "clip-text", "clip-direction"
 SET_METRICS = ("fid", "fd-clip")
 
 
-class MetricUnavailable(Exception):
-    """A metric cannot be computed here (a package does not import, weights are not cached); `reason` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 def check_metric_names(names: Sequence[str], owner: str) -> None:
     unknown = [n for n in names if n not in METRICS]
     if unknown:
@@ -94,11 +85,16 @@ def bootstrap_ci(
     return point, float(low), float(high)
 
 
-def gaussian_fit(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean, covariance, symmetric square root of the covariance) of a feature set (rows = samples)."""
-    f = np.asarray(features, dtype=np.float64)
+def _rows(features: np.ndarray) -> np.ndarray:
+    f = np.atleast_2d(np.asarray(features, dtype=np.float64))
     if len(f) < 2:
         raise ValueError(f"a Fréchet distance needs at least 2 samples per set, got {len(f)}")
+    return f
+
+
+def gaussian_fit(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, covariance, symmetric square root of the covariance) of a feature set (rows = samples)."""
+    f = _rows(features)
     cov = np.atleast_2d(np.cov(f, rowvar=False))
     w, v = np.linalg.eigh(cov)
     return f.mean(axis=0), cov, (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
@@ -106,12 +102,25 @@ def gaussian_fit(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 def frechet_distance(a: np.ndarray, b: np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]) -> float:
     """‖μa − μb‖² + tr Σa + tr Σb − 2 tr (Σa Σb)^½ between Gaussian fits of two feature sets; `b` may be
-    a `gaussian_fit`. The trace of the square root is Σ √λ of the symmetric Σb^½ Σa Σb^½."""
-    mu_a, cov_a, _ = gaussian_fit(a)
+    a `gaussian_fit` (fit the reference once when it is compared many times, as in a bootstrap).
+
+    tr (Σa Σb)^½ is Σ √λ over the eigenvalues of Σa Σb. With n rows of dimension d, Σa = Xaᵀ Xa / (n − 1)
+    (Xa the centred rows), and Σa Σb has the same non-zero eigenvalues as the n × n matrix
+    Xa Σb Xaᵀ / (n − 1); when n < d (FID's 2048-d features of a few hundred images) that is the one
+    decomposed. Otherwise it is the d × d symmetric Σb^½ Σa Σb^½.
+    """
+    f = _rows(a)
+    mu_a = f.mean(axis=0)
+    centred = f - mu_a
     mu_b, cov_b, root_b = b if isinstance(b, tuple) else gaussian_fit(b)
-    eig = np.linalg.eigvalsh(root_b @ cov_a @ root_b)
+    trace_a = float((centred**2).sum()) / (len(f) - 1)
+    if len(f) < f.shape[1]:
+        inner = centred @ cov_b @ centred.T / (len(f) - 1)
+        eig = np.linalg.eigvalsh((inner + inner.T) / 2)
+    else:
+        eig = np.linalg.eigvalsh(root_b @ (centred.T @ centred / (len(f) - 1)) @ root_b)
     cross = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2.0 * cross)
+    return float(((mu_a - mu_b) ** 2).sum() + trace_a + np.trace(cov_b) - 2.0 * cross)
 
 
 # ---- paired pixel metrics -----------------------------------------------------------------------------
@@ -143,36 +152,14 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
     return values.double().cpu().numpy().reshape(-1)
 
 
-def _torch_hub_file(url: str) -> Path:
-    """Where torch.hub caches a checkpoint downloaded from `url`."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-
-
 class Lpips:
-    """LPIPS with the AlexNet backbone (torchmetrics; needs torchvision and its ImageNet weights)."""
+    """LPIPS v0.1 with the AlexNet backbone (`lpips_alexnet`; torchvision's ImageNet weights, read once with
+    --allow-pickle). Images smaller than LPIPS_MIN_SIZE are upsampled first."""
 
-    def __init__(self, device: str = "cpu", offline: bool = False) -> None:
-        try:
-            import torchvision
-        except Exception as e:
-            raise MetricUnavailable(
-                f"torchvision does not import ({type(e).__name__}: {e}); LPIPS needs it: install the torchvision "
-                f"build that matches torch {torch.__version__}"
-            ) from None
-        url = torchvision.models.AlexNet_Weights.DEFAULT.url
-        weights = _torch_hub_file(url)
-        if offline and not weights.is_file():
-            raise MetricUnavailable(
-                f"LPIPS needs torchvision's AlexNet weights {weights.name} in the torch hub cache ({weights.parent}) "
-                f"and offline mode is on: download {url} there"
-            )
-        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+    def __init__(self, device: str = "cpu", offline: bool = False, allow_pickle: bool = False) -> None:
+        from .lpips_alexnet import LpipsAlex
 
-        try:
-            metric = LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True)
-        except Exception as e:
-            raise MetricUnavailable(f"LPIPS could not be built ({type(e).__name__}: {e})") from None
-        self.net = metric.net.to(device).eval()
+        self.net = LpipsAlex.pretrained(offline=offline, allow_pickle=allow_pickle, device=device)
         self.device = device
 
     @torch.no_grad()
@@ -182,39 +169,25 @@ class Lpips:
         if short < LPIPS_MIN_SIZE:
             size = tuple(round(s * LPIPS_MIN_SIZE / short) for s in p.shape[-2:])
             p, t = (F.interpolate(x, size, mode="bilinear", align_corners=False).clamp(0, 1) for x in (p, t))
-        return self.net(p, t, normalize=True).double().cpu().numpy().reshape(-1)
+        return self.net(p, t).double().cpu().numpy().reshape(-1)
 
 
 # ---- Inception features for FID -------------------------------------------------------------------------
 
 
 class InceptionFeatures:
-    """2048-d pool features of the FID Inception network (torchmetrics with torch-fidelity)."""
+    """2048-d pool features of the FID Inception network (`fid_inception`; weights read once with
+    --allow-pickle). Images are quantised to 8 bits first, as FID is defined on."""
 
-    def __init__(self, device: str = "cpu", offline: bool = False) -> None:
-        try:
-            from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
-        except Exception as e:
-            raise MetricUnavailable(
-                f"FID needs torch-fidelity ({type(e).__name__}: {e}): pip install torch-fidelity"
-            ) from None
-        weights = _torch_hub_file(URL_INCEPTION_V3)
-        if offline and not weights.is_file():
-            raise MetricUnavailable(
-                f"FID needs the Inception weights {weights.name} in the torch hub cache ({weights.parent}) and "
-                f"offline mode is on: download {URL_INCEPTION_V3} there"
-            )
-        from torchmetrics.image.fid import FrechetInceptionDistance
+    def __init__(self, device: str = "cpu", offline: bool = False, allow_pickle: bool = False) -> None:
+        from .fid_inception import FidInception
 
-        try:
-            self.net = FrechetInceptionDistance(feature=2048, normalize=True).inception.to(device).eval()
-        except Exception as e:
-            raise MetricUnavailable(f"the FID Inception network could not be built ({type(e).__name__}: {e})") from None
+        self.net = FidInception.pretrained(offline=offline, allow_pickle=allow_pickle, device=device)
         self.device = device
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> np.ndarray:
-        pixels = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).to(self.device)
+        pixels = (images.float().clamp(0, 1) * 255).round().to(self.device)
         return self.net(pixels).double().cpu().numpy().reshape(len(images), -1)
 
 

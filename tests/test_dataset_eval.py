@@ -5,6 +5,7 @@ without --data to a plugin's evaluator."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from PIL import Image
 from test_instruct_pix2pix import make_ip2p_folder
 from test_versatile_diffusion import make_vd_folder
 from test_zero123 import make_zero123_folder
+from tiny import write_metric_weights
 
 import priorswap
 from priorswap import image_metrics as M
@@ -139,6 +141,17 @@ def test_frechet_distance_and_bootstrap():
     assert M.frechet_distance(a * 2, a) > 1.0
     with pytest.raises(ValueError, match="at least 2"):
         M.frechet_distance(a[:1], a)
+    # fewer samples than dimensions (the n × n route) agrees with the d × d definition (scipy's sqrtm)
+    from scipy.linalg import sqrtm
+
+    few, ref = rng.normal(size=(6, 40)) * rng.uniform(0.5, 2, 40), rng.normal(size=(30, 40)) + 0.3
+    cov_f, cov_r = np.cov(few, rowvar=False), np.cov(ref, rowvar=False)
+    expected = (((few.mean(0) - ref.mean(0)) ** 2).sum() + np.trace(cov_f) + np.trace(cov_r)
+                - 2 * np.trace(sqrtm(cov_f @ cov_r)).real)
+    assert M.frechet_distance(few, ref) == pytest.approx(expected, rel=1e-6)
+    assert M.frechet_distance(few, M.gaussian_fit(ref)) == pytest.approx(expected, rel=1e-6)
+    assert M.frechet_distance(a * 2, a) == pytest.approx(  # Σa = 4Σb: tr Σa + tr Σb − 2·2 tr Σb = tr Σb
+        (a.mean(0) ** 2).sum() + np.trace(np.cov(a, rowvar=False)), rel=1e-6)
     values = rng.normal(3.0, 1.0, size=50)
     point, low, high = M.bootstrap_ci(values)
     assert point == pytest.approx(values.mean()) and low < point < high and high - low < 1.5
@@ -164,34 +177,6 @@ def test_tiny_clip_embeddings(clip_folder):
 def test_missing_clip_weights_offline_name_the_repo():
     with pytest.raises(M.MetricUnavailable, match=r"nobody/no-such-clip.*hf download nobody/no-such-clip"):
         M.Clip.load("nobody/no-such-clip", offline=True)
-
-
-def test_lpips_and_fid_are_skipped_with_the_reason(monkeypatch, tmp_path):
-    """Without the package: the reason names it. With it but offline and the weights not cached: the reason
-    names the weights file and where it belongs (fake packages stand in for torchvision and torch-fidelity)."""
-    import sys
-    from types import ModuleType, SimpleNamespace
-
-    monkeypatch.setitem(sys.modules, "torchvision", None)  # `import torchvision` raises ImportError
-    monkeypatch.setitem(sys.modules, "torch_fidelity", None)
-    with pytest.raises(M.MetricUnavailable, match="torchvision does not import"):
-        M.Lpips()
-    with pytest.raises(M.MetricUnavailable, match="pip install torch-fidelity"):
-        M.InceptionFeatures()
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    alexnet = SimpleNamespace(DEFAULT=SimpleNamespace(url="https://example.org/alexnet-owt-7be5be79.pth"))
-    monkeypatch.setitem(sys.modules, "torchvision", SimpleNamespace(models=SimpleNamespace(AlexNet_Weights=alexnet)))
-    fidelity = ModuleType("torch_fidelity.feature_extractor_inceptionv3")
-    fidelity.URL_INCEPTION_V3 = "https://example.org/weights-inception-2015-12-05-6726825d.pth"
-    monkeypatch.setitem(sys.modules, "torch_fidelity", ModuleType("torch_fidelity"))
-    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", fidelity)
-    hub = str(tmp_path / "hub" / "checkpoints")
-    with pytest.raises(M.MetricUnavailable, match="alexnet-owt-7be5be79.pth") as info:
-        M.Lpips(offline=True)
-    assert hub in info.value.reason and "offline" in info.value.reason
-    with pytest.raises(M.MetricUnavailable, match="weights-inception-2015-12-05-6726825d.pth") as info:
-        M.InceptionFeatures(offline=True)
-    assert hub in info.value.reason
 
 
 def test_tasks_declare_known_metrics():
@@ -293,8 +278,8 @@ def test_zero123_dataset_eval(tmp_path, capsys, zero123_folder, zero123_data, sd
         for metric in record["metrics"].values():
             check_finite_with_ci(metric)
             assert metric["n"] == 2 * 2 * 2 and metric["items"] == 2  # items × seeds × samples per item
-    if "lpips" in results["skipped"]:
-        assert results["skipped"]["lpips"]  # a reason is given (torchvision or its weights)
+    # LPIPS's weights are not in the (test's empty) torch hub cache and the hub is offline: skipped, saying why
+    assert "alexnet-owt-7be5be79.pth" in results["skipped"]["lpips"] and "offline" in results["skipped"]["lpips"]
     # the recorded PSNR is the output's against its own target: recompute one sample independently
     pair = priorswap.load_pair(str(zero123_folder))
     images = pair.sample(image=zero123_data / "obj2/src.png", azimuth=90, polar=-10, guidance="cfg", scale=2.0,
@@ -331,8 +316,43 @@ def test_versatile_diffusion_dataset_eval_with_a_tiny_clip(tmp_path, capsys, vd_
         assert fd["value"] >= 0 and fd["per_sample"] is None and fd["n"] == 3
         assert fd["ci_low"] <= fd["value"] <= fd["ci_high"]
         assert all(-1 <= s["value"] <= 1 for s in record["metrics"]["clip-image"]["per_sample"])
-    assert "fid" in results["skipped"] or "fid" in results["records"][0]["metrics"]
+    assert "weights-inception" in results["skipped"]["fid"]  # not cached here: skipped with the reason
     assert results["clip"] == str(clip_folder)
+
+
+def test_lpips_and_fid_once_their_weights_are_cached(tmp_path, capsys, zero123_folder, zero123_data, vd_folder):
+    """With (stand-in) published weights in the torch hub cache and --allow-pickle, LPIPS and FID are
+    computed; the recorded LPIPS of a sample equals the metric computed directly."""
+    write_metric_weights(Path(os.environ["TORCH_HOME"]))
+    out = tmp_path / "z123"
+    code, _, err = run_cli(capsys, "eval", "--model", str(zero123_folder), "--data", str(zero123_data),
+                           "--guidance", "2", "--steps", "2", "--seeds", "0", "--allow-pickle", "--out", str(out))
+    assert code == 0, err
+    results = read_results(out)
+    assert "lpips" not in results["skipped"]
+    lpips = results["records"][0]["metrics"]["lpips"]
+    check_finite_with_ci(lpips)
+    assert lpips["n"] == 2 and all(s["value"] > 0 for s in lpips["per_sample"])
+    images = priorswap.load_pair(str(zero123_folder)).sample(
+        image=zero123_data / "obj/src.png", azimuth=30, polar=0, guidance="cfg", scale=2.0, steps=2, seed=0).images
+    target = (load_image(zero123_data / "obj/az30.png", tuple(images.shape[-2:])) + 1) / 2
+    recorded = [s["value"] for s in lpips["per_sample"] if s["item"] == "obj-30"]
+    assert np.allclose(recorded, M.Lpips(offline=True)(images, target.expand_as(images)), atol=1e-5)
+
+    for i in range(3):
+        write_png(tmp_path / "data" / f"img{i}.png", 30 + i, size=(24, 20))
+    data = write_items(tmp_path / "data", [{"image": f"img{i}.png"} for i in range(3)])
+    out = tmp_path / "vd"
+    code, _, err = run_cli(capsys, "eval", "--model", str(vd_folder), "--data", str(data), "--metrics", "fid,psnr",
+                           "--out", str(out))
+    assert code == 2 and "task 'image-variation' measures" in err and not out.exists()
+    code, _, err = run_cli(capsys, "eval", "--model", str(vd_folder), "--data", str(data), "--metrics", "fid",
+                           "--guidance", "2", "--steps", "2", "--allow-pickle", "--out", str(out))
+    assert code == 0, err
+    results = read_results(out)
+    assert results["metrics"] == ["fid"] and results["skipped"] == {}  # CLIP is not even loaded
+    fid = results["records"][0]["metrics"]["fid"]
+    assert fid["value"] > 0 and fid["n"] == 3 and fid["ci_low"] <= fid["value"] <= fid["ci_high"]
 
 
 def test_instruct_pix2pix_dataset_eval(tmp_path, capsys, ip2p_folder, clip_folder):

@@ -116,3 +116,33 @@ def make_sd_folder(path: Path, seed: int = 1, beta_schedule: str = "scaled_linea
     )
     pipe.save_pretrained(path, safe_serialization=True)
     return Path(path)
+
+
+def randomise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Random weights and batch-norm statistics, scaled so activations stay O(1) through the depth."""
+    g = torch.Generator().manual_seed(seed)
+    for name, tensor in module.state_dict().items():
+        if not tensor.is_floating_point():
+            continue
+        if name.endswith(("running_var", "bn.weight")):
+            tensor.copy_(torch.rand(tensor.shape, generator=g) + 0.5)
+        elif name.endswith(("running_mean", "bias")):
+            tensor.copy_(torch.randn(tensor.shape, generator=g) * 0.1)
+        else:
+            fan_in = tensor[0].numel() if tensor.dim() > 1 else 1
+            tensor.copy_(torch.randn(tensor.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+    return module.eval()
+
+
+def write_metric_weights(torch_home: Path, seed: int = 0) -> Path:
+    """Random stand-ins for the published LPIPS AlexNet and FID Inception files, pickled under the names
+    and in the torch hub folder where torchvision / torch-fidelity keep them. Returns that folder."""
+    from priorswap.fid_inception import INCEPTION, FidInception
+    from priorswap.lpips_alexnet import ALEXNET, alexnet_features
+
+    hub = torch_home / "hub" / "checkpoints"
+    hub.mkdir(parents=True, exist_ok=True)
+    trunk = randomise(alexnet_features(), seed).state_dict()
+    torch.save({f"features.{k}": v for k, v in trunk.items()}, hub / ALEXNET.filename)
+    torch.save(randomise(FidInception(), seed + 1).state_dict(), hub / INCEPTION.filename)
+    return hub
