@@ -501,8 +501,9 @@ def run(request: EvalRequest) -> dict:
     if request.metrics is not None:
         unknown = [m for m in request.metrics if m not in names]
         if unknown or not request.metrics:
-            raise PriorswapError(f"--metrics {','.join(request.metrics)}: task '{task_name}' measures "
-                                 f"{', '.join(names)}; pick among those")
+            what = f"{', '.join(unknown)} not measured" if unknown else "no metric given"
+            raise PriorswapError(f"--metrics {','.join(request.metrics)}: {what}; task '{task_name}' measures "
+                                 f"{', '.join(names)} (clip-image-target comes with clip-image)")
         names = tuple(request.metrics)
     items = load_items(request.data, task_cls, request.limit)
     out, err = _console(False), _console(True)

@@ -68,12 +68,17 @@ def report(console: Console, registry_files: list[str]) -> bool:
     from .nullcache import cache_dir
 
     console.print(f"Null-condition cache: {cache_dir()}")
+    from .errors import MetricUnavailable
     from .fid_inception import INCEPTION
-    from .lpips_alexnet import ALEXNET
+    from .lpips_alexnet import ALEXNET, heads_file
     from .metric_weights import weights_state
 
-    for metric, spec in (("LPIPS", ALEXNET), ("FID", INCEPTION)):
-        ready, line = weights_state(spec)
+    try:
+        heads = (heads_file(),)
+    except MetricUnavailable:
+        heads = ()
+    for metric, spec, packaged in (("LPIPS", ALEXNET, heads), ("FID", INCEPTION, ())):
+        ready, line = weights_state(spec, packaged)
         console.print(f"{metric} weights (eval): [{'green' if ready else 'yellow'}]{line}[/]", soft_wrap=True)
     console.print("[green]all good[/]" if ok else "[red]problems found (see above)[/]")
     return ok

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .metric_weights import MetricWeights, load_metric_weights
+from .metric_weights import MetricWeights, check_loaded, load_metric_weights
 
 INCEPTION = MetricWeights(
     "the FID Inception network (TensorFlow's 2015-12-05 weights, as converted by torch-fidelity)",
@@ -190,8 +190,9 @@ class FidInception(nn.Module):
     @classmethod
     def pretrained(cls, *, offline: bool, allow_pickle: bool, device: str = "cpu") -> FidInception:
         """The network with its published weights (raises MetricUnavailable when they cannot be had)."""
+        state = load_metric_weights(INCEPTION, offline=offline, allow_pickle=allow_pickle)
         net = cls()
-        net.load_state_dict(load_metric_weights(INCEPTION, offline=offline, allow_pickle=allow_pickle))
+        check_loaded(INCEPTION.what, lambda: net.load_state_dict(state), INCEPTION.filename)
         return net.to(device).eval()
 
     @torch.no_grad()

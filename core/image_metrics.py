@@ -86,7 +86,8 @@ def bootstrap_ci(
 
 
 def _rows(features: np.ndarray) -> np.ndarray:
-    f = np.atleast_2d(np.asarray(features, dtype=np.float64))
+    f = np.asarray(features, dtype=np.float64)
+    f = f[:, None] if f.ndim == 1 else f  # n scalar samples
     if len(f) < 2:
         raise ValueError(f"a Fréchet distance needs at least 2 samples per set, got {len(f)}")
     return f
@@ -120,7 +121,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray | tuple[np.ndarray, np.ndarray
     else:
         eig = np.linalg.eigvalsh(root_b @ (centred.T @ centred / (len(f) - 1)) @ root_b)
     cross = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
-    return float(((mu_a - mu_b) ** 2).sum() + trace_a + np.trace(cov_b) - 2.0 * cross)
+    distance = float(((mu_a - mu_b) ** 2).sum() + trace_a + np.trace(cov_b) - 2.0 * cross)
+    return max(distance, 0.0)  # rounding can leave identical sets slightly below 0
 
 
 # ---- paired pixel metrics -----------------------------------------------------------------------------
@@ -177,7 +179,8 @@ class Lpips:
 
 class InceptionFeatures:
     """2048-d pool features of the FID Inception network (`fid_inception`; weights read once with
-    --allow-pickle). Images are quantised to 8 bits first, as FID is defined on."""
+    --allow-pickle). Images in [0, 1] are rounded to 8 bits first, as when saved to PNG (torchmetrics'
+    `normalize=True` truncates instead)."""
 
     def __init__(self, device: str = "cpu", offline: bool = False, allow_pickle: bool = False) -> None:
         from .fid_inception import FidInception

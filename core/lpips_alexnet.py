@@ -6,13 +6,15 @@ learned 1×1 heads are the LPIPS v0.1 ones that torchmetrics ships. Tested again
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .metric_weights import MetricWeights, load_metric_weights, load_packaged_weights
+from .errors import MetricUnavailable
+from .metric_weights import MetricWeights, check_loaded, load_metric_weights, load_packaged_weights
 
 ALEXNET = MetricWeights(
     "LPIPS' AlexNet backbone (torchvision's ImageNet weights)",
@@ -23,6 +25,19 @@ SHIFT = (-0.030, -0.088, -0.188)  # LPIPS' input scaling of images in [-1, 1]
 SCALE = (0.458, 0.448, 0.450)
 TAPS = (1, 4, 7, 9, 11)  # indices of the ReLUs in `features` whose activations are compared
 WIDTHS = (64, 192, 384, 256, 256)  # their channels
+
+
+HEADS_WHAT = "LPIPS' AlexNet heads (shipped with torchmetrics)"
+
+
+def heads_file() -> Path:
+    """torchmetrics' copy of the LPIPS v0.1 AlexNet heads, found without importing torchmetrics (which fails
+    when torch-fidelity is installed without torchvision)."""
+    spec = importlib.util.find_spec("torchmetrics")
+    root = Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+    if root is None:
+        raise MetricUnavailable(f"{HEADS_WHAT}: torchmetrics is not installed; pip install torchmetrics")
+    return root / "functional" / "image" / "lpips_models" / "alex.pth"
 
 
 def alexnet_features() -> nn.Sequential:
@@ -63,14 +78,10 @@ class LpipsAlex(nn.Module):
     @classmethod
     def pretrained(cls, *, offline: bool, allow_pickle: bool, device: str = "cpu") -> LpipsAlex:
         """The network with its published weights (raises MetricUnavailable when they cannot be had)."""
-        import torchmetrics
-
         backbone = load_metric_weights(ALEXNET, offline=offline, allow_pickle=allow_pickle)
-        heads_file = Path(torchmetrics.__file__).parent / "functional" / "image" / "lpips_models" / "alex.pth"
-        heads = load_packaged_weights(heads_file, "LPIPS' AlexNet heads (shipped with torchmetrics)",
-                                      allow_pickle=allow_pickle)
+        heads = load_packaged_weights(heads_file(), HEADS_WHAT, allow_pickle=allow_pickle)
         net = cls()
-        net.load_weights(backbone, heads)
+        check_loaded(ALEXNET.what, lambda: net.load_weights(backbone, heads), f"{ALEXNET.filename} or the heads")
         return net.to(device).eval()
 
     def taps(self, x: torch.Tensor) -> list[torch.Tensor]:

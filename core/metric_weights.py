@@ -1,14 +1,15 @@
 """Weights of the metric networks (LPIPS' AlexNet, FID's Inception).
 
 They are looked up in the torch hub cache, where torchvision and torch-fidelity put the same files, so a
-machine that already has them reuses them; online they are downloaded there. Both are pickles: they are read
-under the core's rule (`hub.load_state_dict`: opted in once with `torch.load(weights_only=True)`, then from
-a safetensors copy in priorswap's cache).
+machine that already has them reuses them; online and opted in, they are downloaded there. Both are
+pickles: they are read under the core's rule (`hub.load_state_dict`: opted in once with
+`torch.load(weights_only=True)`, then from a safetensors copy in priorswap's cache).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,30 +54,46 @@ def load_metric_weights(spec: MetricWeights, *, offline: bool, allow_pickle: boo
                 "torch.load(weights_only=True) (priorswap keeps a safetensors copy for later runs)"
             )
         _download(spec, file)
-    try:
-        return load_state_dict(file, allow_pickle=allow_pickle)
-    except WeightsUnavailable as e:
-        raise MetricUnavailable(f"{spec.what}: {e}") from None
+    return _read(file, spec.what, f"delete it and run again with --allow-pickle, or download {spec.url} there",
+                 allow_pickle)
 
 
-def weights_state(spec: MetricWeights) -> tuple[bool, str]:
-    """(ready without an opt-in, a line saying where the weights stand) for `priorswap doctor`."""
+def weights_state(spec: MetricWeights, packaged: tuple[Path, ...] = ()) -> tuple[bool, str]:
+    """(ready without an opt-in, a line saying where the weights stand) for `priorswap doctor`;
+    `packaged`: pickled files from installed packages the metric also needs."""
     file = torch_hub_checkpoints() / spec.filename
-    if has_safetensors_copy(file):
-        return True, f"ready ({file}, safetensors copy in the cache)"
-    if file.is_file():
-        return False, f"cached as a pickle ({file}): the first run with --allow-pickle reads it once"
-    return False, f"not cached: the first run with --allow-pickle downloads {spec.url} into {file.parent}"
+    if not file.is_file():
+        return False, f"not cached: the first run with --allow-pickle downloads {spec.url} into {file.parent}"
+    pending = [p for p in (file, *packaged) if not has_safetensors_copy(p)]
+    if pending:
+        return False, (f"cached as pickles ({', '.join(map(str, pending))}): the first run with --allow-pickle "
+                       "reads them once")
+    return True, f"ready ({file}, safetensors copies in the cache)"
 
 
 def load_packaged_weights(file: Path, what: str, *, allow_pickle: bool) -> dict[str, torch.Tensor]:
     """The tensors of a weights file shipped inside an installed package (same pickle rule)."""
     if not file.is_file():
         raise MetricUnavailable(f"{what}: {file} is missing; reinstall the package that ships it")
+    return _read(file, what, "reinstall the package that ships it", allow_pickle)
+
+
+def _read(file: Path, what: str, remedy: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
     try:
         return load_state_dict(file, allow_pickle=allow_pickle)
     except WeightsUnavailable as e:
         raise MetricUnavailable(f"{what}: {e}") from None
+    except Exception as e:  # a truncated or foreign file: the metric is skipped, the evaluation goes on
+        raise MetricUnavailable(f"{what}: {file} could not be read ({type(e).__name__}: {e}); {remedy}") from None
+
+
+def check_loaded(what: str, load: Callable[[], object], source: str) -> None:
+    """Run `load` (putting tensors into a network); a mismatch becomes MetricUnavailable naming `source`."""
+    try:
+        load()
+    except Exception as e:
+        raise MetricUnavailable(f"{what}: {source} does not fit the network ({type(e).__name__}: {e}); "
+                                "delete it and run again with --allow-pickle") from None
 
 
 def _download(spec: MetricWeights, file: Path) -> None:

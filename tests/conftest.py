@@ -14,7 +14,7 @@ def _isolated(monkeypatch, tmp_path_factory):
     """No network, private caches (priorswap, torch hub), and a fixed thread count."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("PRIORSWAP_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch-home"))  # no real metric weights
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch-home")))  # per test; no real metric weights
     monkeypatch.delenv("PRIORSWAP_REGISTRY", raising=False)
     monkeypatch.delenv("PRIORSWAP_PLUGINS", raising=False)
     torch.set_num_threads(1)

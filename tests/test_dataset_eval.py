@@ -141,6 +141,7 @@ def test_frechet_distance_and_bootstrap():
     assert M.frechet_distance(a * 2, a) > 1.0
     with pytest.raises(ValueError, match="at least 2"):
         M.frechet_distance(a[:1], a)
+    assert M.frechet_distance(np.arange(5.0), np.arange(5.0) + 1) == pytest.approx(1.0)  # 1-D: n scalar samples
     # fewer samples than dimensions (the n × n route) agrees with the d × d definition (scipy's sqrtm)
     from scipy.linalg import sqrtm
 

@@ -9,14 +9,15 @@ import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from clihelp import run_cli
 from tiny import randomise, write_metric_weights
 
 from priorswap import image_metrics as M
-from priorswap.fid_inception import FidInception, resize_bilinear_tf1
-from priorswap.lpips_alexnet import LpipsAlex, alexnet_features
+from priorswap.fid_inception import INCEPTION, FidInception, resize_bilinear_tf1
+from priorswap.lpips_alexnet import ALEXNET, LpipsAlex, alexnet_features, heads_file
 
 REFERENCE_PACKAGES = ("torch_fidelity", "lpips", "torchvision")
 REFERENCE_DIR = Path(__file__).parent / ".reference"
@@ -161,3 +162,63 @@ def test_metric_weights_come_from_the_torch_hub_cache_under_the_pickle_rule(monk
     assert (lp(a, b) == again(a, b)).all() and (lp(a, b) > 0).all()
     assert inception(a).shape == (2, 2048)
     assert downloads == []
+
+
+# ---- the metric wrappers eval uses, on the published-weights path ------------------------------------------
+
+
+def test_inception_features_wrapper_equals_torch_fidelity_on_8_bit_images(isolated_modules, tmp_path):
+    """`image_metrics.InceptionFeatures` (images in [0, 1], loaded like the published file) gives
+    torch-fidelity's features of the same images rounded to 8 bits."""
+    fidelity = _fidelity(isolated_modules)
+    isolated_modules.setenv("TORCH_HOME", str(tmp_path))
+    hub = write_metric_weights(tmp_path)
+    reference = fidelity.FeatureExtractorInceptionV3(
+        "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(hub / INCEPTION.filename))
+    levels = torch.randint(0, 256, (2, 3, 40, 56), generator=torch.Generator().manual_seed(8))
+    offsets = (torch.rand(levels.shape, generator=torch.Generator().manual_seed(9)) - 0.5) * 0.8  # < half a level
+    images = ((levels + offsets) / 255).clamp(0, 1)
+    got = M.InceptionFeatures(offline=True, allow_pickle=True)(images)
+    (expected,) = reference(levels.to(torch.uint8))
+    np.testing.assert_allclose(got, expected.double().numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_lpips_wrapper_equals_the_lpips_package(isolated_modules, tmp_path):
+    """`image_metrics.Lpips` (images in [0, 1], the published-weights path with torchmetrics' heads) gives the
+    lpips package's distance with normalize=True; torchmetrics' heads are lpips' v0.1 heads."""
+    _require("lpips", isolated_modules)
+    isolated_modules.setenv("TORCH_HOME", str(tmp_path))
+    hub = write_metric_weights(tmp_path)
+    trunk = alexnet_features()
+    backbone = torch.load(hub / ALEXNET.filename, weights_only=True)
+    trunk.load_state_dict({k.removeprefix("features."): v for k, v in backbone.items()})
+    models = SimpleNamespace(alexnet=lambda **_: SimpleNamespace(features=trunk))
+    isolated_modules.setitem(sys.modules, "torchvision", SimpleNamespace(models=models))
+    import lpips
+
+    packaged = torch.load(os.path.join(os.path.dirname(lpips.__file__), "weights", "v0.1", "alex.pth"),
+                          map_location="cpu", weights_only=True)
+    shipped = torch.load(heads_file(), map_location="cpu", weights_only=True)
+    assert packaged.keys() == shipped.keys() and all(torch.equal(packaged[k], shipped[k]) for k in packaged)
+    reference = lpips.LPIPS(net="alex", version="0.1", verbose=False).eval()
+    g = torch.Generator().manual_seed(10)
+    a, b = torch.rand(2, 3, 64, 72, generator=g), torch.rand(2, 3, 64, 72, generator=g)
+    with torch.no_grad():
+        expected = reference(a, b, normalize=True).reshape(-1).double().numpy()
+    np.testing.assert_allclose(M.Lpips(offline=True, allow_pickle=True)(a, b), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_unreadable_or_foreign_weight_files_skip_the_metric(tmp_path, monkeypatch, capsys):
+    """A truncated file or one with other tensors is a skipped metric naming the file, not a crash."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    hub = write_metric_weights(tmp_path)
+    inception = hub / INCEPTION.filename
+    inception.write_bytes(inception.read_bytes()[:5000])
+    with pytest.raises(M.MetricUnavailable, match=f"{INCEPTION.filename} could not be read"):
+        M.InceptionFeatures(offline=True, allow_pickle=True)
+    assert not any(hub.glob("*.partial"))
+    torch.save({"features.0.weight": torch.zeros(3)}, hub / ALEXNET.filename)
+    with pytest.raises(M.MetricUnavailable, match="does not fit the network"):
+        M.Lpips(offline=True, allow_pickle=True)
+    code, out, _ = run_cli(capsys, "doctor")
+    assert "FID weights (eval): cached as pickles" in out  # the truncated file got no copy: not ready
