@@ -16,6 +16,7 @@ from .errors import IncompatiblePair, PriorswapError
 from .family import resolve_ref
 from .loading import Loaded, load, resolve
 from .plugin_manager import Plugins, get_plugins
+from .provenance import run_record
 from .registry import Registry
 from .task import Task, TaskInputs
 
@@ -37,7 +38,10 @@ def make_scheduler(kind: str, config: dict) -> Any:
 
 @dataclass
 class SampleResult:
-    """Final latents (model space), decoded images in [0, 1] when a decoder exists, and run facts."""
+    """Final latents (model space), decoded images in [0, 1] when a decoder exists, and run facts.
+
+    `record` is the JSON-ready run record (models with their sources, guidance, steps, scheduler, η,
+    seed, dtypes, task inputs) that priorswap embeds in the files it writes (`priorswap.provenance`)."""
 
     latents: torch.Tensor
     images: torch.Tensor | None
@@ -45,6 +49,7 @@ class SampleResult:
     seed: int
     steps: int
     forward_calls: dict[str, int] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
 
 
 def offload_denoiser(denoiser: Any, device: str) -> None:
@@ -156,7 +161,8 @@ class Pair:
         if num_samples > 1:
             conditions = {k: _repeat_inputs(c, shape[0], num_samples) for k, c in conditions.items()}
             shape = (shape[0] * num_samples, *shape[1:])
-        sched = make_scheduler(scheduler or rec.scheduler, model.scheduler_config)
+        scheduler = scheduler or rec.scheduler
+        sched = make_scheduler(scheduler, model.scheduler_config)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         from diffusers.utils.torch_utils import randn_tensor
 
@@ -167,7 +173,9 @@ class Pair:
         with mixed:
             latents = sampler.run(noise.to(model.device), steps, callback, eta=eta, generator=generator)
         images = self.task.decode(latents) if decode else None
-        return SampleResult(latents, images, rule, seed, steps, dict(sampler.forward_calls))
+        record = run_record(self, rule, args, steps=steps, scheduler=scheduler, eta=eta, seed=seed,
+                            num_samples=num_samples, autocast=autocast)
+        return SampleResult(latents, images, rule, seed, steps, dict(sampler.forward_calls), record)
 
 
 def load_pair(

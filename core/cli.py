@@ -239,7 +239,10 @@ def sample(
     n_steps = steps or pair.model.resolved.entry.recommended.steps
     err.print(f"guidance: {rule.name} γ={rule.terms[0].weight:g}, {n_steps} steps")
     decode = out is not None or out_dir is not None
-    latents, images, names = [], [], []
+    from .provenance import command_line
+
+    command = command_line()
+    latents, images, names, records = [], [], [], []
     for s in seed_list:
         label = f"{rule.name} γ={rule.terms[0].weight:g}" + (f" seed {s}" if len(seed_list) > 1 else "")
         with progress_callback(n_steps, label, err) as callback:
@@ -252,6 +255,7 @@ def sample(
         if result.images is not None:
             images.append(result.images.float().cpu())
         names += [f"seed{s}-{i:02d}" for i in range(result.latents.shape[0])]
+        records += [{**result.record, "index": i, "command": command} for i in range(result.latents.shape[0])]
     if save_latents is not None:
         from .media import write_atomic_safetensors
 
@@ -260,12 +264,14 @@ def sample(
     if out is not None:
         from .media import save_grid
 
-        save_grid(torch.cat(images), out)
+        grid_record = {**records[0], "seed": seed_list if len(seed_list) > 1 else seed_list[0], "index": None,
+                       "images": names}
+        save_grid(torch.cat(images), out, record=grid_record)
         err.print(f"images → {out}")
     if out_dir is not None:
         from .media import save_images
 
-        paths = save_images(torch.cat(images), out_dir, names)
+        paths = save_images(torch.cat(images), out_dir, names, records)
         err.print(f"{len(paths)} images → {out_dir}/")
 
 
@@ -395,6 +401,58 @@ def cache(
     console.print(table if found else f"the cache at {cache_home()} is empty")
     console.print(f"total {sum(i.bytes for i in found) / 2**30:.2f} GiB; hub downloads live in the Hugging Face "
                   "cache (`hf cache scan`)")
+
+
+def _source_text(role: dict | None) -> str:
+    if role is None:
+        return "—"
+    src = role["source"]
+    where = src.get("repo") or src.get("path") or role["id"]
+    where += f"@{src['revision']}" if src.get("revision") else ""
+    where += f":{src['file']}" if src.get("file") else ""
+    where += f" (sha256 {src['sha256'][:12]}…)" if src.get("sha256") else ""
+    return f"{role['id']} — {where}, {role['dtype']}"
+
+
+@app.command()
+def info(
+    files: Annotated[list[Path], typer.Argument(help="PNG, GIF or MP4 files written by priorswap.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON record(s), one per line.")] = False,
+) -> None:
+    """Show how a file was made: models and their pinned sources, guidance, steps, seed, inputs, command."""
+    import json
+
+    from .provenance import dumps, read_record
+
+    records = [(path, read_record(path)) for path in files]  # every file checked before anything prints
+    for path, rec in records:
+        if as_json:
+            typer.echo(dumps(rec))
+            continue
+        table = Table(title=str(path), title_justify="left", show_header=False)
+        table.add_column("field", style="bold", no_wrap=True)
+        table.add_column("value", overflow="fold")
+        g = rec.get("guidance") or {}
+        terms = " + ".join(f"{t['weight']:g}·{t['role']}({t['level']})" for t in g.get("terms", []))
+        rows = [
+            ("model", _source_text(rec.get("model"))),
+            ("prior", _source_text(rec.get("prior"))),
+            ("adapters", "; ".join(rec.get("adapters") or []) or "none"),
+            ("guidance", f"{g.get('method')}: x̂0 = {terms}"
+             + (f", rescale φ={g['rescale']:g}" if g.get("rescale") else "")
+             + (f", σ interval {g['interval']}" if g.get("interval") else "")),
+            ("sampling", f"{rec.get('steps')} steps, {rec.get('scheduler')}, η={rec.get('eta')}, seed {rec.get('seed')}"
+             + (f", sample {rec['index']}" if rec.get("index") is not None else "")
+             + (f", autocast {rec['autocast']}" if rec.get("autocast") else "")),
+            ("task", str(rec.get("task"))),
+            ("inputs", json.dumps(rec.get("inputs"), ensure_ascii=False)),
+            ("priorswap", str(rec.get("priorswap"))),
+        ]
+        if rec.get("command"):
+            rows.append(("command", rec["command"]))
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
 
 
 @app.command("check-golden")

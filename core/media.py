@@ -56,19 +56,29 @@ def to_pil(image: torch.Tensor):
     return Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array)
 
 
-def save_grid(images: torch.Tensor, path: Path, columns: int | None = None) -> None:
-    """Saves one image, or a grid of several, as a PNG (atomically)."""
+def save_grid(images: torch.Tensor, path: Path, columns: int | None = None, record: dict | None = None) -> None:
+    """Saves one image, or a grid of several, as a PNG (atomically), with the run `record` embedded
+    (`priorswap.provenance`) when given."""
+    from .provenance import png_info
+
     picture = images[0] if images.shape[0] == 1 else to_grid(images, columns)
-    write_atomic(path, lambda tmp: to_pil(picture).save(tmp, format="PNG"))
+    write_atomic(path, lambda tmp: to_pil(picture).save(tmp, format="PNG", pnginfo=png_info(record)))
 
 
-def save_images(images: torch.Tensor, folder: Path, names: list[str]) -> list[Path]:
-    """Saves each image as folder/<name>.png (atomically); returns the paths."""
+def save_images(
+    images: torch.Tensor, folder: Path, names: list[str], records: list[dict] | None = None
+) -> list[Path]:
+    """Saves each image as folder/<name>.png (atomically), each with its run record when given; returns
+    the paths."""
+    from .provenance import png_info
+
     folder.mkdir(parents=True, exist_ok=True)
+    records = records if records is not None else [None] * len(names)
     paths = []
-    for image, name in zip(images, names, strict=True):
+    for image, name, record in zip(images, names, records, strict=True):
         path = folder / f"{name}.png"
-        write_atomic(path, lambda tmp, image=image: to_pil(image).save(tmp, format="PNG"))
+        write_atomic(path, lambda tmp, image=image, info=png_info(record): to_pil(image).save(
+            tmp, format="PNG", pnginfo=info))
         paths.append(path)
     return paths
 

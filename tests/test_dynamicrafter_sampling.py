@@ -484,6 +484,15 @@ def test_video_command(folders, tmp_path, capsys):
         assert g.n_frames == FRAMES
     with Image.open(out.with_suffix(".png")) as p:
         assert p.size == (FRAMES * PIXELS, PIXELS)
+    from priorswap.provenance import read_record
+
+    for suffix in (".mp4", ".gif", ".png"):  # each file says how it was made
+        record = read_record(out.with_suffix(suffix))
+        assert record["model"]["id"] == str(folders["dc512"]) and record["prior"]["id"] == str(folders["vc2"])
+        assert record["guidance"]["method"] == "dual-prior-swap" and record["steps"] == 2 and record["eta"] == 1.0
+        assert record["inputs"]["prompt"] == ["a cat"] and record["command"].startswith("priorswap video --model")
+    code, stdout, _ = run_cli(capsys, "info", str(out))
+    assert code == 0 and "dual-prior-swap" in stdout and "a cat" in stdout
     code, _, stderr = run_cli(capsys, "video", "--model", str(folders["vc2"]), "--prompt", "a dog", "--image",
                               str(folders["image"]), "--steps", "1", "--out", str(tmp_path / "t.mp4"))
     assert code != 0 and "text-to-video" in stderr
@@ -680,6 +689,21 @@ def test_the_shipped_checkpoint_entry_says_what_to_do(tmp_path, monkeypatch):
         load_pair("dynamicrafter-512", allow_pickle=True, offline=True)
     with pytest.raises(WeightsUnavailable, match="hf download Doubiiu/DynamiCrafter model.ckpt --revision main"):
         load_pair("dynamicrafter-256", allow_pickle=True, offline=True)  # pinned by the file's sha256
+    for name, repo, commit in (("dynamicrafter-1024", "Doubiiu/DynamiCrafter_1024", "8a1fc57174"),
+                               ("dynamicrafter-512-interp", "Doubiiu/DynamiCrafter_512_Interp", "5163d01e6f"),
+                               ("videocrafter2", "VideoCrafter/VideoCrafter2", "7b40798386")):
+        with pytest.raises(WeightsUnavailable, match=f"hf download {repo} model.ckpt --revision {commit}"):
+            load_pair(name, allow_pickle=True, offline=True)  # pinned by commit and by the file's sha256
+    from priorswap.adapters import plan_pair
+    from priorswap.loading import resolve
+    from priorswap.plugin_manager import get_plugins
+    from priorswap.registry import Registry
+
+    plugins = get_plugins()
+    registry = Registry.load([], plugins.registry_files)
+    plan = plan_pair(*(resolve(n, registry, plugins).spec() for n in ("dynamicrafter-256", "videocrafter2")),
+                     plugins.bridges, "continuous")
+    assert plan.ok and plan.lines() == []  # the paper's video pair: same latent space and schedule, no adapters
     with pytest.raises(ValueError, match="relative path"):
         Source(repo="a/b", revision=HUB_COMMIT, file="../model.ckpt")
 
@@ -709,7 +733,11 @@ def test_recognised_fields_agree_with_the_shipped_entries():
     plugins = get_plugins()
     registry = Registry.load([], plugins.registry_files)
     skip = {"source", "description"}
-    for name in ("dynamicrafter-256", "dynamicrafter-512"):
+    names = ("dynamicrafter-256", "dynamicrafter-512", "dynamicrafter-1024", "dynamicrafter-512-interp",
+             "videocrafter2")
+    lvdm = {n for n, e in registry.models.items() if e.plugin in ("dynamicrafter", "videocrafter")}
+    assert lvdm == set(names)
+    for name in names:
         shipped = registry.entry(name)
         fields = entry_fields(shipped.variant)
         recognised = ModelEntry(plugin=shipped.plugin, source=Source(path="/x", file="model.ckpt"), **fields)

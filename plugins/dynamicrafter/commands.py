@@ -53,6 +53,7 @@ def register(cli: typer.Typer) -> None:
         from priorswap.api import load_pair
         from priorswap.dtypes import parse_dtype
         from priorswap.media import progress_callback
+        from priorswap.provenance import command_line
 
         from .video import frame_strip, save_video
 
@@ -75,11 +76,12 @@ def register(cli: typer.Typer) -> None:
             result = pair.sample(inputs, guidance=rule, steps=steps, seed=seed, decode=False, eta=eta,
                                  autocast=mixed, callback=callback)
         videos = pair.task.decode_video(result.latents)
+        record = {**result.record, "command": command_line()}
         for i, clip in enumerate(videos):
             stem = out.with_suffix("") if len(videos) == 1 else out.with_name(f"{out.stem}-{i}")
             for suffix in (".mp4", ".gif"):
-                save_video(clip, stem.with_suffix(suffix), fps=video_fps)
+                save_video(clip, stem.with_suffix(suffix), fps=video_fps, record={**record, "index": i})
         from priorswap.media import save_grid
 
-        save_grid(frame_strip(videos), out.with_suffix(".png"), columns=1)
+        save_grid(frame_strip(videos), out.with_suffix(".png"), columns=1, record=record)
         typer.echo(f"{rule.name}: {len(videos)} video(s) → {out} (+ .gif, .png)")

@@ -12,6 +12,7 @@ import torch
 
 from priorswap.errors import PriorswapError
 from priorswap.media import write_atomic
+from priorswap.provenance import dumps
 
 
 def to_uint8(frames: torch.Tensor):
@@ -38,8 +39,9 @@ def _av():
     return av
 
 
-def write_mp4(frames: torch.Tensor, path: Path, fps: int = 8, crf: int = 18) -> Path:
-    """Writes (T, 3, H, W) frames as H.264 MP4 (yuv420p: odd sizes are padded to even), atomically."""
+def write_mp4(frames: torch.Tensor, path: Path, fps: int = 8, crf: int = 18, record: dict | None = None) -> Path:
+    """Writes (T, 3, H, W) frames as H.264 MP4 (yuv420p: odd sizes are padded to even), atomically, with the
+    run `record` in the container's `comment` tag when given (`priorswap.provenance`)."""
     av = _av()
     array = to_uint8(frames)
     h, w = array.shape[1:3]
@@ -47,6 +49,8 @@ def write_mp4(frames: torch.Tensor, path: Path, fps: int = 8, crf: int = 18) -> 
 
     def write(tmp: str) -> None:
         with av.open(tmp, mode="w", format="mp4") as container:
+            if record is not None:
+                container.metadata["comment"] = dumps(record)
             stream = container.add_stream("libx264", rate=fps)
             stream.width, stream.height, stream.pix_fmt = w2, h2, "yuv420p"
             stream.options = {"crf": str(crf)}
@@ -64,31 +68,32 @@ def write_mp4(frames: torch.Tensor, path: Path, fps: int = 8, crf: int = 18) -> 
     return Path(path)
 
 
-def write_gif(frames: torch.Tensor, path: Path, fps: int = 8) -> Path:
-    """Writes (T, 3, H, W) frames as a looping GIF (PIL), atomically."""
+def write_gif(frames: torch.Tensor, path: Path, fps: int = 8, record: dict | None = None) -> Path:
+    """Writes (T, 3, H, W) frames as a looping GIF (PIL), atomically, with the run `record` as its comment."""
     from PIL import Image
 
     images = [Image.fromarray(f) for f in to_uint8(frames)]
     duration = max(1, round(1000 / fps))
+    extra = {"comment": dumps(record).encode()} if record is not None else {}
     write_atomic(
         Path(path),
         lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=duration,
-                                   loop=0),
+                                   loop=0, **extra),
     )
     return Path(path)
 
 
-def save_video(frames: torch.Tensor, path: Path, fps: int = 8) -> Path:
-    """MP4, GIF or (frame strip) PNG by the file suffix."""
+def save_video(frames: torch.Tensor, path: Path, fps: int = 8, record: dict | None = None) -> Path:
+    """MP4, GIF or (frame strip) PNG by the file suffix, each with the run `record` when given."""
     suffix = Path(path).suffix.lower()
     if suffix == ".mp4":
-        return write_mp4(frames, path, fps)
+        return write_mp4(frames, path, fps, record=record)
     if suffix == ".gif":
-        return write_gif(frames, path, fps)
+        return write_gif(frames, path, fps, record=record)
     if suffix == ".png":
         from priorswap.media import save_grid
 
-        save_grid(frame_strip(frames[None]), Path(path))
+        save_grid(frame_strip(frames[None]), Path(path), record=record)
         return Path(path)
     raise PriorswapError(f"unknown video format {suffix!r} for {path}: use .mp4, .gif or .png")
 
