@@ -42,6 +42,9 @@ def converted_path(entry: ModelEntry, family: Family) -> Path:
         stat = path.stat() if path.exists() else None
         key = f"{path.resolve()}:{stat.st_size if stat else 0}:{stat.st_mtime_ns if stat else 0}"
         where = f"local/{hashlib.sha256(key.encode()).hexdigest()[:24]}"
+    if src.extra_files:  # the same checkpoint with other extra files converts to another folder
+        extras = "\n".join(e.describe() + (e.path or "") for e in src.extra_files)
+        where += f"+{hashlib.sha256(extras.encode()).hexdigest()[:16]}"
     return cache_root() / where / f"{src.file}.{family.name}.{entry.variant or 'default'}"
 
 
@@ -61,21 +64,24 @@ def converted_folder(
             f"the {family.name} plugin cannot convert single checkpoints, but the entry's source names the file "
             f"{entry.source.file}; point the source at a folder instead"
         )
-    if Path(entry.source.file).suffix in PICKLE_SUFFIXES and not allow_pickle:
-        raise WeightsUnavailable(
-            f"{entry.source.describe()} is a pickled checkpoint; loading it can run code from the file. Opt in "
-            "with --allow-pickle (allow_pickle=True): it is read once with torch.load(weights_only=True) and "
-            f"converted to safetensors in {cache_root()}, and later runs read only the converted folder."
-        )
+    for src in (entry.source, *entry.source.extra_files):
+        if Path(src.file).suffix in PICKLE_SUFFIXES and not allow_pickle:
+            raise WeightsUnavailable(
+                f"{src.describe(extras=False)} is a pickled checkpoint; loading it can run code from the file. Opt "
+                "in with --allow-pickle (allow_pickle=True): it is read once with torch.load(weights_only=True) and "
+                f"converted to safetensors in {cache_root()}, and later runs read only the converted folder."
+            )
     say = log or (lambda msg: print(msg, file=sys.stderr))
     checkpoint = fetch_file(entry.source, offline=offline, log=say)
+    extras = [fetch_file(src, offline=offline, log=say) for src in entry.source.extra_files]
     say(f"converting {entry.source.describe()} once into {out} (later runs read this folder)")
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        resolve_ref(family.convert)(checkpoint, entry, tmp, allow_pickle=allow_pickle, offline=offline)
-        (tmp / DONE).write_text(json.dumps({"source": entry.source.model_dump(exclude_none=True),
+        more = {"extra_files": extras} if extras else {}  # hooks without extra files need not take the argument
+        resolve_ref(family.convert)(checkpoint, entry, tmp, allow_pickle=allow_pickle, offline=offline, **more)
+        (tmp / DONE).write_text(json.dumps({"source": entry.source.model_dump(mode="json", exclude_defaults=True),
                                             "family": family.name, "variant": entry.variant}, indent=1))
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)

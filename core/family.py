@@ -41,7 +41,8 @@ class Family:
     into registry-entry fields; `pipeline_classes` are the diffusers `model_index.json` class names
     that identify the family's folders. `convert(checkpoint, entry, out, allow_pickle=..., offline=...)`
     turns a single released checkpoint (an entry whose source names a `file`) into a loadable folder
-    `out`; the core runs it once and keeps the result in its cache. `describe_checkpoint(keys)` gives,
+    `out`; the core runs it once and keeps the result in its cache (an entry with `extra_files` also
+    passes their fetched paths as `extra_files=[...]`). `describe_checkpoint(keys)` gives,
     from a checkpoint file's tensor names, the registry-entry fields (with `variant`) of each preset the
     file can be — several when the names cannot tell them apart — so that a local file can be passed
     where a registry id goes (`--model path/model.ckpt`). Callables may be lazy

@@ -95,7 +95,7 @@ def fetch_file(
                 source.repo, source.file, revision=revision, local_files_only=local_only, cache_dir=cache_dir
             ))
     if source.sha256:
-        verify_sha256(path, source.sha256, source.describe(), log=log)
+        verify_sha256(path, source.sha256, source.describe(extras=False), log=log)
     return path
 
 

@@ -34,7 +34,7 @@ def _role(loaded: Any) -> dict[str, Any] | None:
     if loaded is None:
         return None
     entry = loaded.resolved.entry
-    source = entry.source.model_dump(mode="json", exclude_none=True)
+    source = entry.source.model_dump(mode="json", exclude_defaults=True)
     return {"id": loaded.id, "source": source, "dtype": str(loaded.denoiser.dtype).removeprefix("torch.")}
 
 

@@ -33,7 +33,9 @@ class Source(Strict):
     `file` names a single checkpoint in that repo or folder (e.g. a Lightning `model.ckpt`) that the
     family's converter turns, once, into a per-component folder in priorswap's cache. `sha256` pins
     that file by content: the file is verified before it is used, and a hub source pinned this way
-    may name a branch as its revision (where no commit of the repo is known)."""
+    may name a branch as its revision (where no commit of the repo is known). `extra_files` are more
+    single files (each a source with its own `file` and pin) the conversion reads beside the checkpoint,
+    e.g. the encoders a pruned checkpoint left out."""
 
     repo: str | None = None
     revision: str | None = None
@@ -41,6 +43,7 @@ class Source(Strict):
     package: str | None = None
     file: str | None = None
     sha256: str | None = None
+    extra_files: tuple[Source, ...] = ()
 
     @model_validator(mode="after")
     def _one_kind(self) -> Source:
@@ -66,6 +69,11 @@ class Source(Strict):
             raise ValueError("`package` needs a `path` inside that package")
         if self.file is not None and (not self.file or self.file.startswith("/") or ".." in Path(self.file).parts):
             raise ValueError(f"file {self.file!r} must be a relative path inside the repo or folder")
+        if self.extra_files and self.file is None:
+            raise ValueError("`extra_files` go with a single-checkpoint source: give its `file` too")
+        for extra in self.extra_files:
+            if extra.file is None or extra.extra_files:
+                raise ValueError("each of `extra_files` names one `file` (and has no extra files of its own)")
         return self
 
     @property
@@ -73,12 +81,14 @@ class Source(Strict):
         """True for hub sources whose revision is a full commit hash."""
         return self.repo is not None and bool(COMMIT.match(self.revision or ""))
 
-    def describe(self) -> str:
+    def describe(self, extras: bool = True) -> str:
+        """repo@revision:file (sha256 …), then ` + ` and each extra file, unless `extras` is False."""
         revision = (self.revision or "")[:10] if self.pinned_by_commit else self.revision
         where = f"{self.repo}@{revision}" if self.repo else (
             f"{self.package}:{self.path}" if self.package else str(self.path))
         where = f"{where}:{self.file}" if self.file else where
-        return f"{where} (sha256 {self.sha256[:12]}…)" if self.sha256 else where
+        where = f"{where} (sha256 {self.sha256[:12]}…)" if self.sha256 else where
+        return " + ".join([where, *(extra.describe() for extra in self.extra_files if extras)])
 
 
 class ScheduleSpec(Strict):
@@ -182,7 +192,11 @@ def parse_file(path: Path) -> RegistryFile:
 
 def _resolve_relative(reg: RegistryFile, base: Path) -> RegistryFile:
     def fix(src: Source | None) -> Source | None:
-        if src is None or src.path is None or src.package is not None or Path(src.path).is_absolute():
+        if src is None:
+            return None
+        if src.extra_files:
+            src = src.model_copy(update={"extra_files": tuple(fix(e) for e in src.extra_files)})
+        if src.path is None or src.package is not None or Path(src.path).is_absolute():
             return src
         return src.model_copy(update={"path": str((base / src.path).resolve())})
 

@@ -674,6 +674,54 @@ def test_a_failed_conversion_leaves_nothing(checkpoint_hub, tmp_path):
     assert leftovers == []
 
 
+def test_a_pruned_checkpoint_takes_its_encoders_from_an_extra_file(checkpoint_hub, tmp_path, monkeypatch):
+    """Kijai/DynamiCrafter_pruned-style: fp16 UNet, Resampler and VAE without the OpenCLIP encoders, which come from
+    a whole OpenCLIP model file (bare names, as laion's open_clip_model.safetensors) named in `extra_files`."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    from priorswap.plugins.dynamicrafter import convert
+
+    overrides, unet, _ = release_checkpoint(checkpoint_hub / "model.safetensors")
+    monkeypatch.setattr(convert, "CONVERT_OVERRIDES", overrides)
+    full = load_file(checkpoint_hub / "model.safetensors")
+    encoders = ("cond_stage_model.", "embedder.")
+    kept = {k: v.half() for k, v in full.items() if not k.startswith(encoders)}
+    save_file(kept, checkpoint_hub / "pruned.safetensors")
+    clip = {k.removeprefix("cond_stage_model.model."): v for k, v in full.items() if k.startswith("cond_stage_model.")}
+    clip |= {k.removeprefix("embedder.model."): v for k, v in full.items() if k.startswith("embedder.")}
+    (tmp_path / "laion").mkdir()
+    save_file({**clip, "logit_scale": torch.tensor(4.6)}, tmp_path / "laion" / "open_clip_model.safetensors")
+    sha = hashlib.sha256((tmp_path / "laion" / "open_clip_model.safetensors").read_bytes()).hexdigest()
+    text = Path(_checkpoint_entry(tmp_path, "pruned.safetensors")).read_text()
+    extra = f"extra_files: [{{path: {tmp_path / 'laion'}, file: open_clip_model.safetensors, sha256: {sha}}}]"
+    (tmp_path / "pruned.yaml").write_text(
+        text.replace("file: pruned.safetensors}", f"file: pruned.safetensors, {extra}}}"))
+    pruned = load_pair("tiny-dc", registry_files=[str(tmp_path / "pruned.yaml")])
+    whole = load_pair(str(checkpoint_hub / "model.safetensors") + "#dynamicrafter-512")
+    torch.testing.assert_close(pruned.model.denoiser.net.state_dict()["out.2.weight"].float(),
+                               unet.state_dict()["out.2.weight"].half().float())
+    prompts = ["a cat"]
+    torch.testing.assert_close(pruned.model.denoiser.encode_prompts(prompts),
+                               whole.model.denoiser.encode_prompts(prompts), rtol=0, atol=0)
+    vision = [load_file(p.model.folder / "image_encoder" / "model.safetensors") for p in (pruned, whole)]
+    assert vision[0].keys() == vision[1].keys() and all(torch.equal(vision[0][k], vision[1][k]) for k in vision[0])
+    assert "open_clip_model.safetensors" in pruned.model.resolved.entry.source.describe()
+    # without the extra file the conversion names what is missing; a wrong extra file is refused by name
+    monkeypatch.setenv("PRIORSWAP_CACHE", str(tmp_path / "cache2"))
+    with pytest.raises(PriorswapError, match=r"has no text_encoder, image_encoder \(pruned\?\)"):
+        load_pair("tiny-dc", registry_files=[_checkpoint_entry(tmp_path, "pruned.safetensors")])
+    (tmp_path / "wrong").mkdir()
+    save_file({"x": torch.zeros(1)}, tmp_path / "wrong" / "w.safetensors")
+    (tmp_path / "wrong.yaml").write_text(text.replace(
+        "file: pruned.safetensors}", f"file: pruned.safetensors, extra_files: [{{path: {tmp_path / 'wrong'}, "
+        "file: w.safetensors}]}"))
+    with pytest.raises(PriorswapError, match="w.safetensors is not a whole OpenCLIP model"):
+        load_pair("tiny-dc", registry_files=[str(tmp_path / "wrong.yaml")])
+    assert not [p for p in (tmp_path / "cache2").rglob("*") if p.is_file()]
+
+
 def test_the_shipped_checkpoint_entry_says_what_to_do(tmp_path, monkeypatch):
     import huggingface_hub
 
@@ -689,6 +737,9 @@ def test_the_shipped_checkpoint_entry_says_what_to_do(tmp_path, monkeypatch):
         load_pair("dynamicrafter-512", allow_pickle=True, offline=True)
     with pytest.raises(WeightsUnavailable, match="hf download Doubiiu/DynamiCrafter model.ckpt --revision main"):
         load_pair("dynamicrafter-256", allow_pickle=True, offline=True)  # pinned by the file's sha256
+    with pytest.raises(WeightsUnavailable, match="hf download Kijai/DynamiCrafter_pruned "
+                                                 "dynamicrafter_1024_fp16_pruned.safetensors --revision 1a427ad086"):
+        load_pair("dynamicrafter-1024-pruned", offline=True)  # safetensors: no opt-in needed
     for name, repo, commit in (("dynamicrafter-1024", "Doubiiu/DynamiCrafter_1024", "8a1fc57174"),
                                ("dynamicrafter-512-interp", "Doubiiu/DynamiCrafter_512_Interp", "5163d01e6f"),
                                ("videocrafter2", "VideoCrafter/VideoCrafter2", "7b40798386")):
@@ -734,7 +785,8 @@ def test_recognised_fields_agree_with_the_shipped_entries():
     registry = Registry.load([], plugins.registry_files)
     skip = {"source", "description"}
     names = ("dynamicrafter-256", "dynamicrafter-512", "dynamicrafter-1024", "dynamicrafter-512-interp",
-             "videocrafter2")
+             "videocrafter2", "dynamicrafter-1024-pruned", "dynamicrafter-512-pruned",
+             "dynamicrafter-512-interp-pruned")
     lvdm = {n for n, e in registry.models.items() if e.plugin in ("dynamicrafter", "videocrafter")}
     assert lvdm == set(names)
     for name in names:

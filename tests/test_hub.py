@@ -203,6 +203,21 @@ def test_content_pinned_sources_validate():
         Source(repo="org/x", revision="main", file="model.ckpt", sha256="ABC")
 
 
+def test_extra_files_validate_and_describe():
+    extra = {"repo": "org/clip", "revision": COMMIT, "file": "clip.safetensors", "sha256": SHA}
+    src = Source(repo="org/x", revision="main", file="model.safetensors", sha256=SHA, extra_files=[extra])
+    assert src.describe() == ("org/x@main:model.safetensors (sha256 aaaaaaaaaaaa…) + "
+                              f"org/clip@{COMMIT[:10]}:clip.safetensors (sha256 aaaaaaaaaaaa…)")
+    assert src.describe(extras=False) == "org/x@main:model.safetensors (sha256 aaaaaaaaaaaa…)"
+    with pytest.raises(ValueError, match="`extra_files` go with a single-checkpoint source"):
+        Source(repo="org/x", revision=COMMIT, extra_files=[extra])
+    with pytest.raises(ValueError, match="each of `extra_files` names one `file`"):
+        Source(repo="org/x", revision=COMMIT, file="m.safetensors", extra_files=[{"repo": "org/c", "revision": COMMIT}])
+    with pytest.raises(ValueError, match="full 40-character commit"):  # an extra file is pinned like any source
+        Source(repo="org/x", revision=COMMIT, file="m.safetensors",
+               extra_files=[{"repo": "org/c", "revision": "main", "file": "c.safetensors"}])
+
+
 def _blob_cache(tmp_path, content: bytes, repo="org/x", commit=COMMIT):
     """A Hugging Face cache with `model.ckpt` of `repo` on main (the snapshot file links to its blob)."""
     import hashlib

@@ -40,7 +40,7 @@ def test_each_file_records_its_run(written):
     rec = read_record(written / "each" / "seed2-01.png")
     assert rec["priorswap"] == priorswap.__version__ and rec["task"] == "toy-class"
     assert rec["model"]["id"] == MODEL and rec["prior"]["id"] == PRIOR and rec["model"]["dtype"] == "float32"
-    assert rec["model"]["source"] == registry.entry(MODEL).source.model_dump(mode="json", exclude_none=True)
+    assert rec["model"]["source"] == registry.entry(MODEL).source.model_dump(mode="json", exclude_defaults=True)
     assert rec["guidance"] == {"method": "prior-swap", "rescale": 0.0, "interval": None, "terms": [
         {"weight": 2.5, "role": "model", "level": "full"}, {"weight": -1.5, "role": "prior", "level": "null"}]}
     assert (rec["steps"], rec["scheduler"], rec["eta"], rec["seed"], rec["index"]) == (6, "ddim", 0.0, 2, 1)

@@ -9,7 +9,7 @@ under `embedder.`, plus diffusion buffers (`betas`, `alphas_cumprod`, …, `scal
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,39 @@ def save_folder(
     return out
 
 
+def read_state_dict(path: Path, allow_pickle: bool = False) -> dict[str, Any]:
+    """All tensors of a `.safetensors` file, or of a pickled one with `allow_pickle` (weights_only)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    if not allow_pickle:
+        raise WeightsUnavailable(f"{path.name} is a pickled file; opt in with allow_pickle=True (--allow-pickle)")
+    import torch
+
+    return dict(unwrap(torch.load(path, map_location="cpu", weights_only=True)))
+
+
+def add_openclip_encoders(parts: dict[str, dict[str, Any]], state: Mapping[str, Any], what: str) -> list[str]:
+    """Fills the encoders a pruned checkpoint left out from a whole OpenCLIP model's state dict (bare OpenCLIP
+    names, e.g. laion/CLIP-ViT-H-14-laion2B-s32B-b79K's `open_clip_model.safetensors`): the text tower becomes
+    `text_encoder`, `visual.*` the `image_encoder`. Components the checkpoint has are kept; returns those added."""
+    if "token_embedding.weight" not in state or "visual.conv1.weight" not in state:
+        raise PriorswapError(
+            f"{what} is not a whole OpenCLIP model (no token_embedding.weight / visual.conv1.weight): an extra file "
+            "of a DynamiCrafter entry must hold both OpenCLIP towers under their bare names"
+        )
+    added = []
+    if "text_encoder" not in parts:
+        parts["text_encoder"] = {k: v for k, v in state.items() if not k.startswith("visual.")}
+        added.append("text_encoder")
+    if "image_encoder" not in parts:
+        parts["image_encoder"] = {k: v for k, v in state.items() if k.startswith("visual.")}
+        added.append("image_encoder")
+    return added
+
+
 def convert_release(
     checkpoint: Path,
     preset: str,
@@ -166,14 +199,17 @@ def convert_release(
     tokenizer: Path | None = None,
     allow_pickle: bool = False,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    encoders: Path | None = None,
 ) -> Path:
     """A released `model.ckpt` (or its safetensors conversion) → a loadable folder, all components included.
 
     UNet / Resampler: the official configs (`presets.NETWORKS`); text / image encoders: OpenCLIP ViT-H/14 mapped
     to transformers `CLIPTextModel` / `CLIPVisionModelWithProjection` (`openclip.py`); VAE: diffusers'
     LDM→AutoencoderKL key conversion. `tokenizer` is a CLIPTokenizer folder (the checkpoint holds no vocabulary;
-    e.g. `tokenizer/` of an SD 2.x repo, which pads like OpenCLIP). `overrides` replaces configs by component
-    name (unet, image_proj, text_encoder, image_encoder, vae), for tests with tiny networks.
+    e.g. `tokenizer/` of an SD 2.x repo, which pads like OpenCLIP). `encoders` is a whole OpenCLIP ViT-H/14
+    model file that supplies the encoders a pruned checkpoint (e.g. Kijai/DynamiCrafter_pruned) left out.
+    `overrides` replaces configs by component name (unet, image_proj, text_encoder, image_encoder, vae), for
+    tests with tiny networks.
     """
     import shutil
     import tempfile
@@ -186,6 +222,16 @@ def convert_release(
     cfg = {"unet": NETWORKS[preset], "image_proj": RESAMPLER_FULL, "text_encoder": OPENCLIP_TEXT,
            "image_encoder": OPENCLIP_VISION, "vae": SD_VAE, **(overrides or {})}
     parts = load_checkpoint(Path(checkpoint), allow_pickle=allow_pickle)
+    if encoders is not None:
+        add_openclip_encoders(parts, read_state_dict(encoders, allow_pickle), Path(encoders).name)
+    needed = ["unet", "text_encoder"] + (["image_proj", "image_encoder"]
+                                        if PRESETS[preset]["lvdm"]["family"] == "dynamicrafter" else [])
+    missing = [c for c in needed if c not in parts]
+    if missing:
+        raise PriorswapError(
+            f"{Path(checkpoint).name} has no {', '.join(missing)} (pruned?): give the OpenCLIP ViT-H/14 model file "
+            "that supplies the encoders (`encoders=`, or `extra_files` in the registry entry, docs/registry.md)"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         comps: dict[str, Path] = {}
         if "text_encoder" in parts:
@@ -235,11 +281,13 @@ CONVERT_OVERRIDES: dict[str, dict[str, Any]] = {}  # component configs replaced 
 
 
 def convert_for_entry(
-    checkpoint: Path, entry: ModelEntry, out: Path, *, allow_pickle: bool = False, offline: bool | None = None
+    checkpoint: Path, entry: ModelEntry, out: Path, *, allow_pickle: bool = False, offline: bool | None = None,
+    extra_files: Sequence[Path] = (),
 ) -> None:
     """The family `convert` hook: a registry entry's released checkpoint → a loadable folder `out`.
 
-    The entry's `variant` names the preset (dynamicrafter-256/-512/-1024/-512-interp, videocrafter2)."""
+    The entry's `variant` names the preset (dynamicrafter-256/-512/-1024/-512-interp, videocrafter2); one extra
+    file, if any, is the OpenCLIP model that supplies the encoders of a pruned checkpoint."""
     from priorswap.hub import fetch
 
     from .presets import PRESETS
@@ -250,5 +298,8 @@ def convert_for_entry(
             f"got {entry.variant!r}"
         )
     tokenizer = fetch(TOKENIZER_SOURCE, ["tokenizer"], offline=offline) / "tokenizer"
+    if len(extra_files) > 1:
+        raise PriorswapError(f"a {entry.plugin} entry takes at most one extra file (the OpenCLIP model), got "
+                             f"{len(extra_files)}")
     convert_release(checkpoint, entry.variant, out, tokenizer=tokenizer, allow_pickle=allow_pickle,
-                    overrides=CONVERT_OVERRIDES)
+                    overrides=CONVERT_OVERRIDES, encoders=extra_files[0] if extra_files else None)
