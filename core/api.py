@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from .registry import Registry
 from .task import Task, TaskInputs
 
 SCHEDULERS = ("ddim", "euler", "native")
+MATCHES = ("continuous", "nearest")
 
 
 def make_scheduler(kind: str, config: dict) -> Any:
@@ -110,8 +112,14 @@ class Pair:
             raise PriorswapError(f"guidance '{method}' does not fit the task '{self.task.name}', which has {kind}")
         if method in G.PRIOR_METHODS and self.prior is None:
             raise PriorswapError(f"guidance '{method}' needs a prior: pass --prior")
+        if image_scale is not None and method not in G.DUAL_METHODS:
+            raise PriorswapError(f"an image guidance scale (--image-guidance) applies to dual guidance only; "
+                                 f"'{method}' has one scale (--guidance)")
         scale = rec.guidance if scale is None else scale
         image_scale = (rec.image_guidance or 1.0) if image_scale is None else image_scale
+        for value, option in ((scale, "the guidance scale"), (image_scale, "the image guidance scale")):
+            if not math.isfinite(value):
+                raise PriorswapError(f"{option} must be a finite number, got {value}")
         return G.build(method, scale, image_scale)
 
     def inputs(self, inputs: TaskInputs | dict | None = None, **kwargs: Any) -> TaskInputs:
@@ -147,8 +155,15 @@ class Pair:
         rec = self.model.resolved.entry.recommended
         rule = guidance if isinstance(guidance, G.Guidance) else self.guidance_for(guidance, scale, image_scale)
         args = self.inputs(inputs, **task_inputs)
-        steps = steps or rec.steps
+        steps = rec.steps if steps is None else steps
         model = self.model.denoiser
+        trained = int(model.scheduler_config.get("num_train_timesteps", 1000))
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= trained:
+            raise PriorswapError(f"steps must be a whole number from 1 to {trained} (the model's training timesteps), "
+                                 f"got {steps!r}")
+        eta = rec.eta if eta is None else eta
+        if not 0.0 <= eta <= 1.0:
+            raise PriorswapError(f"eta (DDIM stochasticity) must be between 0 and 1, got {eta:g}")
         conditions = {("model", lvl): c for lvl, c in self.task.conditions(args, model).items()}
         if self.prior is not None:
             prior = self.prior.denoiser
@@ -168,7 +183,6 @@ class Pair:
 
         noise = randn_tensor(shape, generator=generator, dtype=model.dtype)
         sampler = Sampler(self.routes, conditions, rule, sched)
-        eta = rec.eta if eta is None else eta
         mixed = torch.autocast(model.device.type, dtype=autocast) if autocast is not None else nullcontext()
         with mixed:
             latents = sampler.run(noise.to(model.device), steps, callback, eta=eta, generator=generator)
@@ -202,6 +216,8 @@ def load_pair(
     (the prior's defaults to the model's); `offload` keeps the networks in CPU memory and moves
     each to `device` only for its forward pass (accelerate's cpu_offload).
     """
+    if match not in MATCHES:
+        raise PriorswapError(f"σ-matching must be one of {', '.join(MATCHES)}, got {match!r}")
     plugins = plugins or get_plugins()
     registry = Registry.load(registry_files, plugins.registry_files)
     load_device = "cpu" if offload else device

@@ -40,22 +40,31 @@ def checkpoint_keys(path: Path, *, allow_pickle: bool = False) -> set[str]:
     safetensors headers are read directly; pickles only with `allow_pickle`, and then with
     torch.load(weights_only=True, mmap=True), which maps the tensors without reading them."""
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt") as handle:
-            return set(handle.keys())
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                return set(handle.keys())
+        except (SafetensorError, OSError) as e:
+            raise PriorswapError(f"{path} is not a readable safetensors file ({e}); download it again") from None
     if not allow_pickle:
         raise WeightsUnavailable(
             f"{path} is a pickled checkpoint; reading it can run code from the file. Opt in with --allow-pickle "
             "(allow_pickle=True): it is read with torch.load(weights_only=True), converted once to safetensors "
             "in priorswap's cache, and later runs use the converted copy without the flag."
         )
+    import pickle
+
     import torch
 
     try:
-        data: Any = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            data: Any = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        raise PriorswapError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else 'truncated'}); download it again") from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -150,12 +151,27 @@ def _task_inputs(task: Any, raw: dict[str, list[str]]) -> Any:
         )
     values: dict[str, Any] = {}
     for key, vals in raw.items():
+        if not _is_list(fields[key].annotation) and len(vals) > 1:
+            raise PriorswapError(f"--{key.replace('_', '-')} takes one value for task '{task.name}', got {len(vals)} "
+                                 f"({', '.join(vals)}); run once per value")
         values[key] = vals if _is_list(fields[key].annotation) else vals[-1]
     try:
         return task.Inputs.model_validate(values)
     except ValidationError as e:
-        problems = "; ".join(f"--{'.'.join(map(str, x['loc'])).replace('_', '-')}: {x['msg']}" for x in e.errors())
+        problems = "; ".join(_problem(x) for x in e.errors())
         raise PriorswapError(f"bad input for task '{task.name}': {problems} (options: {options})") from None
+
+
+def _problem(error: dict) -> str:
+    """One pydantic error as the CLI user sees it: `--class-label (value 2): Input should be ...`."""
+    message = error["msg"].removeprefix("Value error, ")
+    loc = [str(part) for part in error["loc"]]
+    if not loc:
+        return message
+    where = "--" + loc[0].replace("_", "-")
+    if len(loc) > 1 and loc[1].isdigit():
+        where += f" (value {int(loc[1]) + 1})"
+    return f"{where}: {message}"
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -202,27 +218,36 @@ def sample(
 ) -> None:
     """Sample a fine-tuned model with guidance from a prior. Task inputs follow as options,
     e.g. `--class-label 207` for class-conditional models."""
+    from . import checks
+
     raw = _parse_task_options(list(ctx.args))
-    for path, suffix in ((out, ".png"), (save_latents, ".safetensors")):
-        if path is not None and path.suffix.lower() != suffix:
-            raise PriorswapError(f"{path} should end in {suffix}")
-    lo_hi = None
-    if interval:
-        try:
-            lo, hi = (float(v) for v in interval.split(","))
-        except ValueError:
-            raise PriorswapError(f"--interval takes LO,HI (two numbers), got '{interval}'") from None
-        lo_hi = (lo, hi)
+    if out is None and out_dir is None and save_latents is None:
+        raise PriorswapError("nothing would be written: pass --out FILE.png, --out-dir DIR and/or "
+                             "--save-latents FILE.safetensors")
+    for path, suffix, option in ((out, ".png", "--out"), (save_latents, ".safetensors", "--save-latents")):
+        if path is not None:
+            if path.suffix.lower() != suffix:
+                raise PriorswapError(f"{path} should end in {suffix}")
+            checks.writable_file(path, option)
+    if out_dir is not None:
+        checks.writable_folder(out_dir, "--out-dir")
+    lo_hi = _interval(interval)
     seed_list = [seed] if seeds is None else _ints(seeds, "--seeds")
     if num_samples < 1:
         raise PriorswapError(f"--num-samples must be at least 1, got {num_samples}")
+    _check_sampling_options(method, guidance, image_guidance, rescale, steps, eta, match, scheduler)
+    mixed = _autocast(autocast)
+    device = checks.device(device)
 
     import torch
 
     from .api import load_pair
+    from .dataset_eval import task_for
+    from .plugin_manager import get_plugins
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    mixed = parse_dtype(autocast, "--autocast") if autocast else None
+    _, task_cls = task_for(model, registry or [], get_plugins(), allow_pickle=allow_pickle)
+    _check_input_files(_task_inputs(task_cls, raw))  # the task's inputs, before any weights load
+
     with err.status(f"loading {model}" + (f" and {prior}" if prior else "")):
         pair = load_pair(
             model, prior, registry_files=registry or [], offline=offline or None, allow_pickle=allow_pickle,
@@ -237,7 +262,7 @@ def sample(
     from .media import progress_callback
 
     n_steps = steps or pair.model.resolved.entry.recommended.steps
-    err.print(f"guidance: {rule.name} γ={rule.terms[0].weight:g}, {n_steps} steps")
+    err.print(f"guidance: {_rule_text(rule)}, {n_steps} steps")
     decode = out is not None or out_dir is not None
     from .provenance import command_line
 
@@ -256,23 +281,85 @@ def sample(
             images.append(result.images.float().cpu())
         names += [f"seed{s}-{i:02d}" for i in range(result.latents.shape[0])]
         records += [{**result.record, "index": i, "command": command} for i in range(result.latents.shape[0])]
-    if save_latents is not None:
-        from .media import write_atomic_safetensors
+    from .media import all_or_nothing, save_grid, save_images, write_atomic_safetensors
 
-        write_atomic_safetensors(save_latents, {"latents": torch.cat(latents)})
+    with all_or_nothing() as written:  # a failed write removes the files this run already wrote
+        if save_latents is not None:
+            write_atomic_safetensors(save_latents, {"latents": torch.cat(latents)})
+            written.append(save_latents)
+        if out is not None:
+            grid_record = {**records[0], "seed": seed_list if len(seed_list) > 1 else seed_list[0], "index": None,
+                           "images": names}
+            save_grid(torch.cat(images), out, record=grid_record)
+            written.append(out)
+        if out_dir is not None:
+            written += save_images(torch.cat(images), out_dir, names, records)
+    if save_latents is not None:
         err.print(f"latents → {save_latents}")
     if out is not None:
-        from .media import save_grid
-
-        grid_record = {**records[0], "seed": seed_list if len(seed_list) > 1 else seed_list[0], "index": None,
-                       "images": names}
-        save_grid(torch.cat(images), out, record=grid_record)
         err.print(f"images → {out}")
     if out_dir is not None:
-        from .media import save_images
+        err.print(f"{len(names)} images → {out_dir}/")
 
-        paths = save_images(torch.cat(images), out_dir, names, records)
-        err.print(f"{len(paths)} images → {out_dir}/")
+
+def _check_input_files(inputs: Any) -> None:
+    """Every file a task input names exists and is a file."""
+    for name, value in inputs:
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, Path) and not item.is_file():
+                what = "is a folder, not a file" if item.is_dir() else "does not exist"
+                raise PriorswapError(f"--{name.replace('_', '-')} {item} {what}")
+
+
+def _interval(text: str | None) -> tuple[float, float] | None:
+    if not text:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise PriorswapError(f"--interval takes LO,HI (two numbers), got '{text}'") from None
+    if not (math.isfinite(lo) and lo <= hi):
+        raise PriorswapError(f"--interval takes LO,HI with LO ≤ HI (σ values), got '{text}'")
+    return lo, hi
+
+
+def _check_sampling_options(
+    method: str | None, guidance: float | None, image_guidance: float | None, rescale: float | None,
+    steps: int | None, eta: float | None, match: str, scheduler: str | None,
+) -> None:
+    """Range checks of the sampling options, before any weights load."""
+    from . import checks
+    from .guidance import METHODS
+
+    if method is not None:
+        checks.one_of(method, "--method", tuple(METHODS))
+    checks.finite(guidance, "--guidance")
+    checks.finite(image_guidance, "--image-guidance")
+    checks.in_range(rescale, "--rescale", 0.0, 1.0)
+    checks.in_range(eta, "--eta", 0.0, 1.0)
+    if steps is not None and steps < 1:
+        raise PriorswapError(f"--steps must be at least 1, got {steps}")
+    checks.one_of(match, "--match", ("continuous", "nearest"))
+    if scheduler is not None:
+        checks.one_of(scheduler, "--scheduler", ("ddim", "euler", "native"))
+
+
+def _autocast(name: str | None) -> Any:
+    if not name:
+        return None
+    dtype = parse_dtype(name, "--autocast")
+    if str(dtype) not in ("torch.float16", "torch.bfloat16"):
+        raise PriorswapError(f"--autocast takes fp16 or bf16 (mixed precision), got {name}")
+    return dtype
+
+
+def _rule_text(rule: Any) -> str:
+    """'prior-swap γ=1.5', or for dual guidance 'dual-prior-swap γT=7.5 γI=1.5'."""
+    weights = {t.branch: t.weight for t in rule.terms}
+    if ("model", "partial") in weights:
+        null = next((w for (_, level), w in weights.items() if level == "null"), 0.0)
+        return f"{rule.name} γT={weights[('model', 'full')]:g} γI={1.0 - null:g}"
+    return f"{rule.name} γ={rule.terms[0].weight:g}"
 
 
 def _floats(text: str, option: str) -> list[float]:
@@ -343,6 +430,19 @@ def eval_(
     if data is not None and samples is not None:
         raise PriorswapError("--samples is for built-in evaluators; with --data every item is sampled "
                              "--samples-per-item times per seed (and --limit picks the items)")
+    from . import checks
+
+    if out is not None:
+        checks.writable_folder(out, "--out")
+    for value, option, least in ((samples, "--samples", 2), (samples_per_item, "--samples-per-item", 1),
+                                 (limit, "--limit", 1), (steps, "--steps", 1)):
+        if value is not None and value < least:
+            raise PriorswapError(f"{option} must be at least {least}, got {value}")
+    scales = _floats(guidance, "--guidance") if guidance is not None else []
+    for value in scales:
+        checks.finite(value, "--guidance")
+    checks.finite(image_guidance, "--image-guidance")
+    device = checks.device(device)
     from .dataset_eval import EvalRequest, run, task_for
 
     request = EvalRequest(

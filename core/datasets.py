@@ -70,6 +70,11 @@ def _missing_files(value: Any) -> list[str]:
     return [v for v in values if isinstance(v, str) and not Path(v).is_file()]
 
 
+def _is_image_field(name: str) -> bool:
+    """Input fields named `image` or `..._image` (`end_image`) hold images: their files are opened up front."""
+    return name == "image" or name.endswith("_image")
+
+
 def _is_image(path: Path) -> bool:
     from PIL import Image, UnidentifiedImageError
 
@@ -150,8 +155,14 @@ def _parse_line(text: str, number: int, folder: Path, task: type[Task], problems
     for name in path_fields(task.Inputs):
         if name in raw:
             raw[name] = _resolve(folder, raw[name])
-            for missing in _missing_files(raw[name]):
-                problems.add(number, f"file {missing} does not exist (paths are relative to {folder})", name)
+            missing = _missing_files(raw[name])
+            for path in missing:
+                problems.add(number, f"file {path} does not exist (paths are relative to {folder})", name)
+            if _is_image_field(name):
+                values = raw[name] if isinstance(raw[name], list) else [raw[name]]
+                for path in values:
+                    if isinstance(path, str) and path not in missing and not _is_image(Path(path)):
+                        problems.add(number, f"{path} is not an image file PIL can read", name)
     if len(problems.items) > before:
         return None
     try:

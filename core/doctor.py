@@ -16,7 +16,7 @@ PACKAGES = ("torch", "diffusers", "transformers", "huggingface_hub", "safetensor
 
 def report(console: Console, registry_files: list[str]) -> bool:
     """Prints the report; returns False when something is broken."""
-    from .plugin_manager import get_plugins
+    from .plugin_manager import ENV, get_plugins
     from .registry import Registry
 
     ok = True
@@ -48,10 +48,15 @@ def report(console: Console, registry_files: list[str]) -> bool:
     for failure in plugins.failures:
         if failure.stage == "import":
             table.add_row(failure.plugin, "[red]failed to import[/]", "nothing")
+        elif failure.stage == ENV:
+            table.add_row(failure.plugin, f"[red]not installed (named in {ENV})[/]", "nothing")
     console.print(table)
     for failure in plugins.failures:
-        stage = "import" if failure.stage == "import" else f"hook {failure.stage}"
-        console.print(f"[red]plugin {failure.plugin} failed in {stage}:[/] {failure.error}", soft_wrap=True)
+        if failure.stage == ENV:
+            console.print(f"[red]{failure.error}[/]", soft_wrap=True)
+        else:
+            stage = "import" if failure.stage == "import" else f"hook {failure.stage}"
+            console.print(f"[red]plugin {failure.plugin} failed in {stage}:[/] {failure.error}", soft_wrap=True)
         ok = False
 
     try:

@@ -17,6 +17,10 @@ class WeightsUnavailable(PriorswapError):
     """Weights are not cached (offline) or only pickled weights exist without an opt-in."""
 
 
+class GuidanceError(PriorswapError, ValueError):
+    """A guidance rule cannot be built as asked (unknown method, weights that are not finite, bad rescale)."""
+
+
 class PluginError(PriorswapError):
     """A plugin is missing, or failed to import or register."""
 

@@ -13,6 +13,8 @@ from typing import Literal
 
 import torch
 
+from .errors import GuidanceError
+
 Role = Literal["model", "prior"]
 Level = Literal["full", "partial", "null"]
 Branch = tuple[Role, Level]
@@ -48,13 +50,15 @@ class Guidance:
     interval: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        if not all(math.isfinite(t.weight) for t in self.terms):
+            raise GuidanceError(f"guidance weights must be finite numbers, got {[t.weight for t in self.terms]}")
         total = sum(t.weight for t in self.terms)
         if not math.isclose(total, 1.0, rel_tol=1e-9, abs_tol=1e-9):
-            raise ValueError(f"guidance weights must sum to 1, got {total}")
+            raise GuidanceError(f"guidance weights must sum to 1, got {total}")
         if not 0.0 <= self.rescale <= 1.0:
-            raise ValueError(f"rescale must be in [0, 1], got {self.rescale}")
+            raise GuidanceError(f"rescale must be in [0, 1], got {self.rescale}")
         if self.interval is not None and self.interval[0] > self.interval[1]:
-            raise ValueError(f"interval must be (low, high) with low ≤ high, got {self.interval}")
+            raise GuidanceError(f"interval must be (low, high) with low ≤ high, got {self.interval}")
 
     @property
     def uses_prior(self) -> bool:
@@ -145,9 +149,9 @@ PRIOR_METHODS = ("prior-swap", "dual-prior-swap", "autoguidance")
 def build(method: str, scale: float, image_scale: float | None = None) -> Guidance:
     """A guidance rule by name (`METHODS`); dual rules take `image_scale` too."""
     if method not in METHODS:
-        raise ValueError(f"unknown guidance method {method!r}; choose one of {', '.join(METHODS)}")
+        raise GuidanceError(f"unknown guidance method {method!r}; choose one of {', '.join(METHODS)}")
     if method in DUAL_METHODS:
         if image_scale is None:
-            raise ValueError(f"{method} needs an image guidance scale as well as the text scale")
+            raise GuidanceError(f"{method} needs an image guidance scale as well as the text scale")
         return METHODS[method](image_scale, scale)
     return METHODS[method](scale)

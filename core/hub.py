@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -55,7 +56,8 @@ def fetch(
     from huggingface_hub import snapshot_download
 
     local_only = is_offline(offline)
-    include = f" --include {' '.join(f + '/*' for f in folders)}" if folders else ""
+    # quoted, so a shell passes the globs to `hf download` instead of expanding them
+    include = f" --include {' '.join(shlex.quote(f + '/*') for f in folders)}" if folders else ""
     with _hub_errors(source, local_only, include):
         path = snapshot_download(
             source.repo,

@@ -23,6 +23,8 @@ def open_image(path: str | Path, mode: str | None = "RGB"):
             return img.convert(mode) if mode is not None else img.copy()
     except UnidentifiedImageError:
         raise PriorswapError(f"{path} is not an image file PIL can read") from None
+    except OSError as e:  # a damaged file: the header reads, the pixels do not
+        raise PriorswapError(f"{path} is a damaged image ({e})") from None
 
 
 def load_image(path: str | Path, size: int | tuple[int, int] | None = None, mode: str = "RGB") -> torch.Tensor:

@@ -10,7 +10,7 @@ from typing import Any
 from .adapters import PairSpec, Plan, plan_pair
 from .checkpoints import checkpoint_entry, split_ref
 from .denoiser import Denoiser
-from .errors import PriorswapError, RegistryError
+from .errors import PriorswapError, RegistryError, WeightsUnavailable
 from .family import LoadRequest, resolve_ref
 from .hub import fetch
 from .latents import LatentSpace
@@ -58,7 +58,11 @@ def read_model_index(folder: Path) -> dict:
             f"{folder} is not a diffusers pipeline folder (no model_index.json); "
             "pass a registry id (`priorswap list`) or a folder saved with save_pretrained"
         )
-    return json.loads(index.read_text())
+    try:
+        return json.loads(index.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PriorswapError(f"{index} is not valid JSON ({e}); the folder is damaged: save or download it again") \
+            from None
 
 
 def resolve(ref: str, registry: Registry, plugins: Plugins, *, allow_pickle: bool = False) -> Resolved:
@@ -85,6 +89,12 @@ def resolve(ref: str, registry: Registry, plugins: Plugins, *, allow_pickle: boo
         entry = ModelEntry(plugin=family.name, source=Source(path=str(path.resolve())), **fields)
         ref_id = str(path)
     else:
+        if ref not in registry.models and ("/" in ref or "\\" in ref or ref.startswith(".")):
+            what = "is a file, not a model folder or checkpoint" if path.is_file() else "does not exist"
+            raise PriorswapError(
+                f"{ref} {what}: pass a registry id (`priorswap list`), a diffusers folder, or a checkpoint file "
+                "(.safetensors, .ckpt, .pt, .bin, optionally with #variant)"
+            )
         entry = registry.entry(ref)
         ref_id = ref
     name, spec = registry.latent_space(entry)
@@ -133,7 +143,16 @@ def load(
         device=device,
         offline=offline,
     )
-    return Loaded(resolved, folder, resolve_ref(family.load)(request))
+    try:
+        denoiser = resolve_ref(family.load)(request)
+    except PriorswapError:
+        raise
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:  # a broken or incomplete copy of the weights
+        raise WeightsUnavailable(
+            f"could not load '{resolved.id}' ({entry.plugin}) from {folder}: {type(e).__name__}: {e}. The folder is "
+            "incomplete or a file is damaged: download it again (or delete it from the cache) and retry"
+        ) from e
+    return Loaded(resolved, folder, denoiser)
 
 
 def compatible_priors(

@@ -30,6 +30,19 @@ def write_atomic(path: Path, write) -> None:
         raise
 
 
+@contextlib.contextmanager
+def all_or_nothing() -> Iterator[list[Path]]:
+    """Collects the paths a run writes; if the block fails, removes them, so a failed run leaves no outputs."""
+    written: list[Path] = []
+    try:
+        yield written
+    except BaseException:
+        for path in written:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        raise
+
+
 def write_atomic_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
@@ -74,12 +87,12 @@ def save_images(
 
     folder.mkdir(parents=True, exist_ok=True)
     records = records if records is not None else [None] * len(names)
-    paths = []
-    for image, name, record in zip(images, names, records, strict=True):
-        path = folder / f"{name}.png"
-        write_atomic(path, lambda tmp, image=image, info=png_info(record): to_pil(image).save(
-            tmp, format="PNG", pnginfo=info))
-        paths.append(path)
+    with all_or_nothing() as paths:
+        for image, name, record in zip(images, names, records, strict=True):
+            path = folder / f"{name}.png"
+            write_atomic(path, lambda tmp, image=image, info=png_info(record): to_pil(image).save(
+                tmp, format="PNG", pnginfo=info))
+            paths.append(path)
     return paths
 
 

@@ -1,6 +1,7 @@
 """Plugin discovery with pluggy: entry-point group `priorswap`, failures reported, the rest works.
 
-PRIORSWAP_PLUGINS restricts which entry points load (comma-separated names; empty = none).
+PRIORSWAP_PLUGINS restricts which entry points load (comma-separated names; empty = none); a name in it
+that no installed entry point has is recorded as a failure (stage "PRIORSWAP_PLUGINS"), so a typo shows.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class Plugins:
         plugins = cls()
         allowed = os.environ.get(ENV)
         names = None if allowed is None else {n.strip() for n in allowed.split(",") if n.strip()}
-        for ep in entry_points(group=GROUP):
+        found = entry_points(group=GROUP)
+        for ep in found:
             if names is not None and ep.name not in names:
                 continue
             try:
@@ -57,6 +59,12 @@ class Plugins:
                 plugins._fail(ep.name, "import", e)
                 continue
             plugins.add(module, ep.name)
+        installed = sorted({ep.name for ep in found})
+        for name in sorted((names or set()) - set(installed)):  # a typo would otherwise load nothing silently
+            plugins.failures.append(PluginFailure(
+                name, ENV, f"{ENV} names '{name}', but no installed plugin is called that (installed: "
+                f"{', '.join(installed) or 'none'}); correct the name or unset {ENV}", "",
+            ))
         return plugins
 
     def add(self, module: ModuleType | object, name: str) -> None:

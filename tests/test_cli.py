@@ -55,6 +55,20 @@ def test_sample_writes_png_and_latents(tmp_path, capsys, dit_folder, dit_prior_f
         (["--class-label", "1", "--autocast", "int8"], "--autocast takes fp32, fp16 or bf16"),
         (["--class-label", "1", "--seeds", "1,x"], "--seeds takes comma-separated integers"),
         (["--class-label", "1", "--num-samples", "0"], "--num-samples must be at least 1"),
+        (["--class-label", "1", "--steps", "-5"], "--steps must be at least 1, got -5"),
+        (["--class-label", "1", "--steps", "0"], "--steps must be at least 1, got 0"),
+        (["--class-label", "1", "--steps", "1001"], "steps must be a whole number from 1 to 1000"),
+        (["--class-label", "1", "--method", "bogus"], "--method must be one of cfg, prior-swap"),
+        (["--class-label", "1", "--guidance", "nan"], "--guidance must be a finite number"),
+        (["--class-label", "1", "--rescale", "-3"], "--rescale must be between 0 and 1"),
+        (["--class-label", "1", "--interval", "5,1"], "LO ≤ HI"),
+        (["--class-label", "1", "--eta", "-1"], "--eta must be between 0 and 1"),
+        (["--class-label", "1", "--match", "bogus"], "--match must be one of continuous, nearest"),
+        (["--class-label", "1", "--autocast", "fp32"], "--autocast takes fp16 or bf16"),
+        (["--class-label", "1", "--device", "bogus"], "--device 'bogus' is not a device"),
+        (["--class-label", "1", "--device", "cuda"], "no CUDA device here"),
+        (["--class-label", "1", "--image-guidance", "3"], "applies to dual guidance only"),
+        (["--class-label", "1", "--scheduler", "heun"], "--scheduler must be one of ddim, euler, native"),
     ],
 )
 def test_bad_input_exits_2_without_output(tmp_path, capsys, dit_folder, args, message):
@@ -65,8 +79,60 @@ def test_bad_input_exits_2_without_output(tmp_path, capsys, dit_folder, args, me
     assert list(tmp_path.iterdir()) == []
 
 
+def test_outputs_are_checked_before_loading_and_a_failed_run_leaves_none(tmp_path, capsys, dit_folder, monkeypatch):
+    import priorswap.media
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    (tmp_path / "dir.png").mkdir()
+    for args, message in (
+        ([], "nothing would be written"),
+        (["--out", str(blocker / "x.png")], "is a file, not a folder"),
+        (["--out-dir", str(blocker)], "is a file, not a folder"),
+        (["--out", str(tmp_path / "dir.png")], "is a folder; give a file name"),
+        (["--save-latents", "/proc/l.safetensors"], "cannot write in /proc"),
+    ):
+        code, _, err = run_cli(capsys, "sample", "--model", str(dit_folder), "--class-label", "1", *args)
+        assert code == 2 and message in " ".join(err.split()), (args, err)
+        assert "loading" not in err  # refused before any weights load
+    # a write that fails after others succeeded removes them: no partial set of outputs
+    monkeypatch.setattr(priorswap.media, "save_grid", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    lat = tmp_path / "z.safetensors"
+    with pytest.raises(OSError, match="disk full"):
+        run_cli(capsys, "sample", "--model", str(dit_folder), "--class-label", "1", "--steps", "2",
+                "--save-latents", str(lat), "--out", str(tmp_path / "g.png"), "--out-dir", str(tmp_path / "each"))
+    assert not lat.exists() and not (tmp_path / "g.png").exists()
+
+
+def test_a_single_value_option_given_twice_is_refused(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "sample", "--model", "toy-digits-view", "--source-index", "3", "--angle", "30",
+                           "--angle", "-30", "--out", str(tmp_path / "v.png"))
+    assert code == 2 and "--angle takes one value" in err and not (tmp_path / "v.png").exists()
+
+
+def test_damaged_local_models_exit_2(tmp_path, capsys, dit_folder):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(dit_folder, broken)
+    (broken / "model_index.json").write_text("{not json")
+    code, _, err = run_cli(capsys, "pairs", str(broken))
+    assert code == 2 and "is not valid JSON" in err
+    truncated = tmp_path / "truncated"
+    shutil.copytree(dit_folder, truncated)
+    weights = next((truncated / "transformer").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    code, _, err = run_cli(capsys, "sample", "--model", str(truncated), "--class-label", "1", "--steps", "1",
+                           "--out", str(tmp_path / "t.png"))
+    assert code == 2 and "could not load" in err and "damaged" in err and not (tmp_path / "t.png").exists()
+    fake = tmp_path / "fake.ckpt"
+    fake.write_bytes(b"\x80\x04not a pickle at all")
+    code, _, err = run_cli(capsys, "pairs", str(fake), "--allow-pickle")
+    assert code == 2 and "is not a readable PyTorch checkpoint" in err
+
+
 def test_unknown_model_suggests(capsys):
-    code, _, err = run_cli(capsys, "sample", "--model", "dit-xl2-256", "--class-label", "1")
+    code, _, err = run_cli(capsys, "sample", "--model", "dit-xl2-256", "--class-label", "1", "--out", "x.png")
     assert code == 2 and "dit-xl-2-256" in err
 
 

@@ -451,3 +451,23 @@ def test_without_data_and_without_an_evaluator_exit_2(capsys, dit_folder):
     code, _, err = run_cli(capsys, "eval", "--model", str(dit_folder))
     message = " ".join(err.split())
     assert code == 2 and "class-label" in message and "--data DIR" in message and "docs/eval.md" in message
+
+
+def test_input_images_are_opened_before_any_weights_load(tmp_path):
+    """Like `target`, the files of image fields (`image`, `end_image`, here the toy tasks' list of images) must be
+    images PIL can read, not just exist: a text file named .png is refused up front, naming line and field."""
+    from priorswap.plugins.toy.tasks import ToyViewTask
+    from priorswap.plugins.zero123.task import NovelViewTask
+
+    write_png(tmp_path / "in.png", 0)
+    (tmp_path / "notes.png").write_text("not a picture")
+    folder = write_items(tmp_path, [{"image": "in.png", "azimuth": 0, "polar": 0},
+                                    {"image": "notes.png", "azimuth": 0, "polar": 0}])
+    with pytest.raises(DatasetError, match=r"line 2, field 'image': .*notes.png is not an image file"):
+        load_items(folder, NovelViewTask)
+    folder = write_items(tmp_path, [{"image": ["in.png"], "angle": 20}, {"image": ["in.png", "notes.png"]}])
+    with pytest.raises(DatasetError, match=r"line 2, field 'image': .*notes.png is not an image file") as info:
+        load_items(folder, ToyViewTask)
+    assert "line 1" not in str(info.value)
+    write_items(tmp_path, [{"image": ["in.png"], "angle": 20}])
+    assert load_items(tmp_path, ToyViewTask)[0].inputs.image == [tmp_path / "in.png"]  # relative to the folder

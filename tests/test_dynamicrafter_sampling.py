@@ -841,3 +841,41 @@ def test_a_local_checkpoint_file_is_a_model_reference(tmp_path, folders, monkeyp
     save_file({"encoder.weight": torch.zeros(2)}, stranger)
     with pytest.raises(PriorswapError, match="no installed plugin recognises.*tensors start with: encoder"):
         load_pair(str(stranger))
+
+
+def test_video_refuses_image_models_and_unwritable_outputs_before_loading(folders, tmp_path, capsys, monkeypatch):
+    """`priorswap video` checks the model's task, the output's folder and the device before any weights load."""
+    from clihelp import run_cli
+
+    import priorswap.api
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        raise PriorswapError("stopped before loading")
+
+    monkeypatch.setattr(priorswap.api, "load_pair", spy)
+    out = tmp_path / "v.mp4"
+    for extra in ((), ("--image", str(folders["image"]))):
+        code, _, stderr = run_cli(capsys, "video", "--model", "toy-digits-class", "--prompt", "a cat", *extra,
+                                  "--out", str(out))
+        stderr = " ".join(stderr.split())  # rich wraps long lines
+        assert code == 2 and "'toy-digits-class' is not a video model" in stderr, stderr
+        assert "priorswap sample" in stderr and "text-to-video model" not in stderr
+    (tmp_path / "file").write_text("not a folder")
+    bad = [tmp_path / "file" / "v.mp4"] + ([Path("/proc/v.mp4")] if Path("/proc").is_dir() else [])
+    for target in bad:
+        code, _, stderr = run_cli(capsys, "video", "--model", str(folders["dc512"]), "--image", str(folders["image"]),
+                                  "--prompt", "a cat", "--out", str(target))
+        stderr = " ".join(stderr.split())
+        assert code == 2 and "--out" in stderr and str(target.parent) in stderr, stderr
+    code, _, stderr = run_cli(capsys, "video", "--model", str(folders["vc2"]), "--prompt", "a cat", "--out", str(out))
+    assert code == 2 and "stopped before loading" in stderr and len(calls) == 1  # only this run got that far
+    assert not list(tmp_path.glob("*.mp4")) and not list(tmp_path.glob(".v.mp4*"))
+    for cuda, device in ((False, "cpu"), (True, "cuda")):  # the default device is sample's: cuda when available
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        calls.clear()
+        code, _, stderr = run_cli(capsys, "video", "--model", str(folders["dc512"]), "--image",
+                                  str(folders["image"]), "--prompt", "a cat", "--out", str(out))
+        assert code == 2 and calls and calls[0]["device"] == device, stderr

@@ -61,7 +61,7 @@ def test_missing_weights_offline_say_what_to_do(tmp_path, monkeypatch, dit_folde
         priorswap.load_pair("tiny-dit", registry_files=[registry_for(tmp_path, dit_folder)])
     message = str(info.value)
     assert "tiny-org/tiny-dit" in message and COMMIT in message and "hf download" in message
-    assert "--include transformer/* scheduler/* vae/*" in message
+    assert "--include 'transformer/*' 'scheduler/*' 'vae/*' --revision" in message  # quoted: no shell expansion
 
 
 def test_a_prior_fetches_only_its_denoiser(monkeypatch, tmp_path, dit_folder):

@@ -323,7 +323,7 @@ def test_cli_edits_an_image_with_a_prior(only_these_plugins, tmp_path, capsys, i
     code, _, err = run_cli(capsys, "sample", "--model", str(ip2p_folder), "--prior", str(sd_folder),
                            "--image", str(square_png), "--prompt", "make it snowy", "--out", str(out))
     assert code == 0, err
-    assert "dual-prior-swap γ=7.5" in err  # the default rule with a prior, at the recommended scale
+    assert "dual-prior-swap γT=7.5 γI=1.5" in err  # the default rule with a prior, at the recommended scale
     with Image.open(out) as img:
         assert img.size == (16, 16)
 

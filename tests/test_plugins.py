@@ -78,6 +78,22 @@ def test_env_var_restricts_plugins(broken_plugins, monkeypatch):
     assert Plugins.discover().names() == []
 
 
+def test_env_var_names_that_match_no_plugin_are_reported(monkeypatch, capsys):
+    monkeypatch.setenv("PRIORSWAP_PLUGINS", "dit, bogus")
+    plugins = Plugins.discover()
+    assert plugins.names() == ["dit"]
+    assert [(f.plugin, f.stage) for f in plugins.failures] == [("bogus", "PRIORSWAP_PLUGINS")]
+    assert "no installed plugin is called that" in plugins.failures[0].error and "dit" in plugins.failures[0].error
+    assert "bogus" in plugins.hint()
+
+    monkeypatch.setenv("PRIORSWAP_PLUGINS", "bogus")
+    monkeypatch.setattr(plugin_manager, "_CACHE", None)
+    code, out, _ = run_cli(capsys, "doctor")
+    out = " ".join(out.split())
+    assert code == 1 and "all good" not in out and "problems found" in out
+    assert "bogus" in out and "not installed" in out and "correct the name or unset PRIORSWAP_PLUGINS" in out
+
+
 def test_missing_family_names_the_broken_plugins(broken_plugins):
     plugins = Plugins.discover()
     with pytest.raises(plugin_manager.PluginError, match="broken_import"):

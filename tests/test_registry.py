@@ -147,3 +147,20 @@ def test_an_image_conditioned_unet_in_a_stable_diffusion_folder_is_named(tmp_pat
     (folder / "unet" / "config.json").write_text(json.dumps({**config, "in_channels": 8}))
     code, _, err = run_cli(capsys, "pairs", str(folder))
     assert code == 2 and "8 input channels" in " ".join(err.split()) and "instruct_pix2pix" in err
+
+
+def test_dit_priors_of_another_size_are_resampled(capsys, dit_folder):
+    """DiT is trained at one size: the shipped entries (and local DiT folders) are fixed-size, so a DiT prior
+    for a DiT of another resolution runs at its own latent size through the `resample` adapter."""
+    from priorswap.adapters import Resample
+    from priorswap.loading import resolve
+
+    plugins = get_plugins()
+    reg = Registry.load(plugin_files=plugins.registry_files)
+    assert reg.entry("dit-xl-2-256").fixed_size and reg.entry("dit-xl-2-512").fixed_size
+    for model, prior, size in (("dit-xl-2-512", "dit-xl-2-256", 32), ("dit-xl-2-256", "dit-xl-2-512", 64)):
+        plan = {p.prior: p for p in compatible_priors(model, reg, plugins)}[prior]
+        assert plan.ok and [(type(a), a.size) for a in plan.adapters] == [(Resample, size)]
+    code, out, err = run_cli(capsys, "pairs", "dit-xl-2-512", "--prior", "dit-xl-2-256")
+    assert code == 0 and "resample: the prior runs at 32×32 latents" in " ".join(out.split()), err
+    assert resolve(str(dit_folder), reg, plugins).entry.fixed_size

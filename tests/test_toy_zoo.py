@@ -4,6 +4,7 @@ entry, and the shipped weights loading through the registry and sampling determi
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,8 +128,9 @@ def test_smoke_training_of_every_zoo_entry_loads_through_the_family(tmp_path, pl
     ]
     for model, prior, inputs in cases:
         pair = priorswap.load_pair(str(tmp_path / model), prior=str(tmp_path / prior), plugins=plugins)
-        method = "dual-prior-swap" if model == "toy-digits-edit" else "prior-swap"
-        out = pair.sample(inputs, guidance=method, scale=1.5, image_scale=1.5, steps=2, seed=0)
+        dual = model == "toy-digits-edit"
+        method = "dual-prior-swap" if dual else "prior-swap"
+        out = pair.sample(inputs, guidance=method, scale=1.5, image_scale=1.5 if dual else None, steps=2, seed=0)
         n = len(next(v for v in inputs.values() if isinstance(v, list)))
         assert out.images.shape == (n, 3, 16, 16) and torch.isfinite(out.latents).all()
         assert out.forward_calls == {"model": 2, "prior": 2}
@@ -218,3 +220,48 @@ def test_null_conditions_are_the_trained_ones(plugins):
     assert class_pair.model.denoiser.null_condition()["class_labels"].tolist() == [models.CLASS_NULL]
     dit = priorswap.load_pair("toy-digits-class", prior="toy-digits-dit-v", plugins=plugins).prior.denoiser
     assert dit.parameterization == "v_prediction" and dit.null_condition()["class_labels"].tolist() == [1]
+
+
+# ---- CLI input checks ----------------------------------------------------------------------------
+@needs_weights
+@pytest.mark.parametrize("model", ["toy-digits-view", "toy-digits-edit"])
+def test_a_bad_source_image_is_a_one_line_error(tmp_path, capsys, model):
+    from clihelp import run_cli
+
+    (tmp_path / "notes.png").write_text("not a picture")
+    (tmp_path / "folder.png").mkdir()
+    cases = {"missing.png": "does not exist", "notes.png": "not an image file", "folder.png": "is a folder"}
+    for name, problem in cases.items():
+        out = tmp_path / "out.png"
+        code, _, err = run_cli(capsys, "sample", "--model", model, "--steps", "2", "--image", str(tmp_path / name),
+                               "--out", str(out))
+        err = " ".join(err.split())  # rich wraps long lines
+        assert code == 2 and str(tmp_path / name) in err and problem in err, err
+        assert "Traceback" not in err and not out.exists()
+
+
+def test_demo_checks_its_options_before_any_work(tmp_path, capsys, monkeypatch):
+    from clihelp import run_cli
+
+    from priorswap.plugins.toy import demo
+
+    real_run = demo.run
+    monkeypatch.setattr(demo, "run", lambda *a, **k: pytest.fail("the demo ran despite a bad option"))
+    (tmp_path / "file").write_text("")
+    cases = [
+        (["--samples", "1"], "--samples"),
+        (["--steps", "0"], "--steps"),
+        (["--out", str(tmp_path / "file" / "d.png")], str(tmp_path / "file")),
+    ]
+    if Path("/proc").is_dir():  # writable to root by its mode bits, yet nothing can be created there
+        cases.append((["--out", "/proc/d4.png"], "/proc"))
+    for args, named in cases:
+        args = ["--out", str(tmp_path / "d.png"), *args] if "--out" not in args else args
+        code, out, err = run_cli(capsys, "demo", *args)
+        err = " ".join(err.split())
+        assert code == 2 and named in err and "Traceback" not in err, (args, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing written, no probe left behind
+    for kwargs, problem in (({"samples": 1}, "samples must be at least 2"), ({"steps": 0}, "steps must be at least 1")):
+        with pytest.raises(priorswap.PriorswapError, match=problem):  # the Python entry point checks them too
+            real_run(tmp_path / "d.png", **kwargs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

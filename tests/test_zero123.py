@@ -250,8 +250,18 @@ def test_cli_samples_a_novel_view_with_a_prior(zero123_folder, sd_folder, source
     with Image.open(out) as img:
         assert img.size == (16, 16)
     code, _, err = run_cli(capsys, "sample", "--model", str(model), "--azimuth", "60", "--polar", "0",
-                           "--steps", "1", "--device", "cpu")
+                           "--steps", "1", "--device", "cpu", "--out", str(out))
     assert code == 2 and "--image" in err and "required" in err.lower()
+
+
+def test_a_missing_input_image_is_refused_before_loading(zero123_folder, tmp_path, capsys, monkeypatch):
+    import priorswap.api
+
+    monkeypatch.setattr(priorswap.api, "load_pair", lambda *a, **k: pytest.fail("weights loaded before the check"))
+    for image, message in ((tmp_path / "missing.png", "does not exist"), (tmp_path, "is a folder, not a file")):
+        code, _, err = run_cli(capsys, "sample", "--model", str(zero123_folder), "--image", str(image),
+                               "--azimuth", "60", "--polar", "0", "--out", str(tmp_path / "o.png"))
+        assert code == 2 and f"--image {image} {message}" in " ".join(err.split())
 
 
 # ---- registry ---------------------------------------------------------------------------------------

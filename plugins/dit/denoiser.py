@@ -15,7 +15,10 @@ from priorswap.vae import describe_vae
 class DiTDenoiser(Denoiser):
     """Class-conditional DiT; the null condition is the extra class `num_embeds_ada_norm` (1000)."""
 
-    learned_sigma = True  # diffusers' PatchEmbed recomputes position embeddings, so any square size runs
+    learned_sigma = True
+    # diffusers' PatchEmbed recomputes the sin-cos position embeddings for another size, so the network runs,
+    # but it was trained at one size only: as a prior it runs at its own size (the planner's `resample`)
+    fixed_size = True
 
     def __init__(self, transformer, scheduler_config: dict, request: LoadRequest) -> None:
         self.init_discrete(transformer, scheduler_config, request)
@@ -61,5 +64,6 @@ def describe(folder: Path) -> dict:
         "parameterization": scfg.get("prediction_type", "epsilon"),
         "resolution": tcfg["sample_size"] * space["downsample"],
         "learned_sigma": tcfg.get("out_channels") == 2 * tcfg.get("in_channels", 4),
+        "fixed_size": True,
         "description": f"local DiT folder {folder.name}",
     }

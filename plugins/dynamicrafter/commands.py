@@ -9,6 +9,24 @@ import typer
 
 from priorswap.errors import PriorswapError
 
+VIDEO_TASKS = ("image-to-video", "text-to-video")
+
+
+def video_task(model: str, allow_pickle: bool = False) -> str:
+    """The task of `model` (registry id, folder or checkpoint file), read before any weights load; a
+    PriorswapError when it is not a video model."""
+    from priorswap.loading import resolve
+    from priorswap.plugin_manager import get_plugins
+    from priorswap.registry import Registry
+
+    plugins = get_plugins()
+    resolved = resolve(model, Registry.load(plugin_files=plugins.registry_files), plugins, allow_pickle=allow_pickle)
+    task = resolved.entry.task or plugins.family(resolved.entry.plugin).default_task
+    if task not in VIDEO_TASKS:
+        raise PriorswapError(f"'{model}' is not a video model (its task is {task}): `priorswap video` takes "
+                             "DynamiCrafter / VideoCrafter models; use `priorswap sample` for image models")
+    return task
+
 
 def register(cli: typer.Typer) -> None:
     """Adds `video` to the `priorswap` app (called from the plugin's register_commands hook)."""
@@ -34,7 +52,7 @@ def register(cli: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
         video_fps: Annotated[int, typer.Option(help="Playback frame rate of the files.")] = 8,
         allow_pickle: Annotated[bool, typer.Option(help="Allow pickled weights.")] = False,
-        device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+        device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... (default: cuda if available).")] = None,
         dtype: Annotated[str, typer.Option(help="Weights dtype of model and prior: fp32, fp16, bf16.")] = "fp32",
         autocast: Annotated[
             str | None, typer.Option(help="Run the networks under torch.autocast in fp16/bf16 (as the official "
@@ -48,26 +66,32 @@ def register(cli: typer.Typer) -> None:
         """Image-to-video (DynamiCrafter, dual guidance) or text-to-video (VideoCrafter2) to MP4 + GIF + PNG."""
         if out.suffix.lower() != ".mp4":
             raise PriorswapError(f"--out must be an .mp4 file, got {out}")
+        from priorswap import checks
+
+        checks.writable_file(out, "--out")  # the .gif and .png go beside it
+        device = checks.device(device)
+        from priorswap.dtypes import parse_dtype
+
+        weights = parse_dtype(dtype, "--dtype")
+        mixed = parse_dtype(autocast, "--autocast") if autocast is not None else None
+        task = video_task(model, allow_pickle)
+        if task == "image-to-video" and image is None:
+            raise PriorswapError(f"'{model}' is an image-to-video model: it needs --image (the first frame)")
+        if task == "text-to-video" and (image is not None or end_image is not None or posterior_seed is not None):
+            raise PriorswapError(f"'{model}' is a text-to-video model: it takes no --image / --end-image / "
+                                 "--posterior-seed")
         from rich.console import Console
 
         from priorswap.api import load_pair
-        from priorswap.dtypes import parse_dtype
         from priorswap.media import progress_callback
         from priorswap.provenance import command_line
 
         from .video import frame_strip, save_video
 
-        weights = parse_dtype(dtype, "--dtype")
-        mixed = parse_dtype(autocast, "--autocast") if autocast is not None else None
         pair = load_pair(model, prior, allow_pickle=allow_pickle, device=device, dtype=weights)
         inputs = {"prompt": prompt, "frames": frames, "fs": fs}
         if pair.task.name == "image-to-video":
-            if image is None:
-                raise PriorswapError("image-to-video needs --image")
             inputs.update(image=image, end_image=end_image, posterior_seed=posterior_seed)
-        elif image is not None or end_image is not None or posterior_seed is not None:
-            raise PriorswapError(f"'{model}' is a text-to-video model: it takes no --image / --end-image / "
-                                 "--posterior-seed")
         phi = pair.model.denoiser.lvdm.get("guidance_rescale", 0.0) if rescale is None else rescale
         rule = pair.guidance_for(method, guidance, image_guidance).with_options(rescale=phi)
         err = Console(stderr=True)

@@ -24,13 +24,16 @@ def register(cli: typer.Typer) -> None:
     @cli.command()
     def demo(
         out: Annotated[Path, typer.Option(help="PNG file for the labelled grid.")] = Path("priorswap-demo.png"),
-        samples: Annotated[int, typer.Option(help="Samples per method for the metrics table.")] = 64,
-        steps: Annotated[int, typer.Option(help="DDIM steps.")] = 15,
+        samples: Annotated[int, typer.Option(min=2, help="Samples per method for the metrics table (≥ 2).")] = 64,
+        steps: Annotated[int, typer.Option(min=1, help="DDIM steps.")] = 15,
         seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     ) -> None:
         """The main job: CFG vs prior swap on the shipped toy models (offline, about a minute)."""
         if out.suffix.lower() != ".png":
             raise PriorswapError(f"--out must be a .png file, got {out}")
+        from priorswap import checks
+
+        checks.writable_file(out, "--out")
         from rich.console import Console
 
         from .demo import run

@@ -8,6 +8,7 @@ a small metrics table.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -61,8 +62,16 @@ def _stack(blocks: list[Image.Image]) -> Image.Image:
     return out
 
 
-def grid(seed: int = 0, steps: int = 15, source_index: int = 13) -> Image.Image:
-    """The demo picture: rows CFG / swap-base / swap-DiT-v; columns the ten classes, then the view angles."""
+GRID_RUNS = len(VARIANTS) * (1 + len(data.VIEW_ANGLES_EVAL))
+"""Sampling runs of `grid`: per variant one class batch, then one run per view angle."""
+
+
+def grid(seed: int = 0, steps: int = 15, source_index: int = 13,
+         advance: Callable[[], None] | None = None) -> Image.Image:
+    """The demo picture: rows CFG / swap-base / swap-DiT-v; columns the ten classes, then the view angles.
+
+    `advance` is called after each of the GRID_RUNS sampling runs (a progress bar)."""
+    advance = advance or (lambda: None)
     class_rows, view_rows = [], []
     angles = [float(a) for a in data.VIEW_ANGLES_EVAL]
     for variant in VARIANTS:
@@ -70,6 +79,7 @@ def grid(seed: int = 0, steps: int = 15, source_index: int = 13) -> Image.Image:
         rule = pair.guidance_for("cfg" if variant.prior is None else "prior-swap", None)
         out = pair.sample(class_label=list(range(10)), guidance=rule, steps=steps, seed=seed, decode=False)
         class_rows.append(_cells(out.latents))
+        advance()
         view = priorswap.load_pair(VIEW_MODEL, prior=variant.prior)
         rule = view.guidance_for("cfg" if variant.prior is None else "prior-swap", None)
         cells = []
@@ -77,6 +87,7 @@ def grid(seed: int = 0, steps: int = 15, source_index: int = 13) -> Image.Image:
             out = view.sample(source_index=[source_index], angle=angle, guidance=rule, steps=steps, seed=seed,
                               decode=False)
             cells += _cells(out.latents)
+            advance()
         view_rows.append(cells)
     class_gamma = pair.model.resolved.entry.recommended.guidance
     view_gamma = view.model.resolved.entry.recommended.guidance
@@ -110,25 +121,39 @@ def metrics_table(records: list, model: str):
 
 
 def run(out: Path, samples: int = 64, steps: int = 15, seed: int = 0, console=None) -> list:
-    """Writes the grid to `out` and returns the metric records (also printed as a table)."""
+    """Writes the grid to `out` and returns the metric records (also printed as a table), with a progress bar
+    on `console` while it samples."""
     from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    console = console or Console()
-    start = time.perf_counter()
-    with console.status("sampling the demo grid"):
-        picture = grid(seed=seed, steps=steps)
     from priorswap.media import write_atomic
 
-    write_atomic(Path(out), lambda tmp: picture.save(tmp, format="PNG"))
-    console.print(f"grid → {out}  ({time.perf_counter() - start:.0f} s)")
-
-    reference = Reference()
+    if samples < 2:
+        raise priorswap.PriorswapError(f"samples must be at least 2 (a Fréchet distance needs two), got {samples}")
+    if steps < 1:
+        raise priorswap.PriorswapError(f"steps must be at least 1, got {steps}")
+    console = console or Console()
+    start = time.perf_counter()
     records = []
-    for model in (CLASS_MODEL, VIEW_MODEL):
-        rec = priorswap.Registry.load(plugin_files=priorswap.get_plugins().registry_files).entry(model).recommended
-        with console.status(f"measuring {model} ({samples} samples per method)"):
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("sampling the demo grid", total=GRID_RUNS)
+        picture = grid(seed=seed, steps=steps, advance=lambda: progress.advance(bar))
+        write_atomic(Path(out), lambda tmp: picture.save(tmp, format="PNG"))
+        progress.console.print(f"grid → {out}  ({time.perf_counter() - start:.0f} s)")
+        reference = Reference()
+        for model in (CLASS_MODEL, VIEW_MODEL):
+            rec = priorswap.Registry.load(plugin_files=priorswap.get_plugins().registry_files).entry(model).recommended
+            bar = progress.add_task(f"measuring {model} ({samples} samples per method)", total=len(VARIANTS))
+            started = []  # evaluate reports each method as it starts it: the ones before it are done
+
+            def step(_: str, bar=bar, started=started) -> None:
+                progress.update(bar, completed=len(started))
+                started.append(1)
+
             records += evaluate(model, list(VARIANTS), [rec.guidance], samples=samples, seeds=(seed,), steps=steps,
-                                n_boot=200, reference=reference)
+                                n_boot=200, reference=reference, progress=step)
+            progress.update(bar, completed=len(VARIANTS))
     for model in (CLASS_MODEL, VIEW_MODEL):
         console.print(metrics_table(records, model))
     console.print(

@@ -6,6 +6,8 @@ Sources for the view and edit tasks are held-out digits (`source_index` into the
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from pydantic import Field, model_validator
 
@@ -30,19 +32,24 @@ def _toy(denoiser: Denoiser, what: str):
     return denoiser
 
 
-def load_png(path: str) -> torch.Tensor:
-    """A PNG as a (1, 1, 16, 16) digit in [-1, 1] (bright strokes on a dark background)."""
+def load_png(path: str | Path) -> torch.Tensor:
+    """An image file as a (1, 1, 16, 16) digit in [-1, 1] (bright strokes on a dark background).
+
+    Raises a PriorswapError naming the file when it is missing, a folder or not an image."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        gray = img.convert("L").resize((data.SIZE, data.SIZE), Image.BILINEAR)
-        pixels = torch.tensor(list(gray.getdata()), dtype=torch.float32).view(1, 1, data.SIZE, data.SIZE)
+    from priorswap.images import open_image
+
+    if Path(path).expanduser().is_dir():
+        raise PriorswapError(f"image {path} is a folder; give an image file (a light digit on a dark background)")
+    gray = open_image(path, "L").resize((data.SIZE, data.SIZE), Image.BILINEAR)
+    pixels = torch.tensor(list(gray.getdata()), dtype=torch.float32).view(1, 1, data.SIZE, data.SIZE)
     return pixels / 127.5 - 1
 
 
 class SourceInputs(TaskInputs):
     source_index: list[int] = Field(default_factory=list, description="held-out test digits (indices 0–359)")
-    image: list[str] = Field(default_factory=list, description="PNG file(s) of source digits (light on dark)")
+    image: list[Path] = Field(default_factory=list, description="PNG file(s) of source digits (light on dark)")
 
     @model_validator(mode="after")
     def _some_source(self):

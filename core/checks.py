@@ -1,0 +1,90 @@
+"""Up-front checks of command-line values: outputs that can be written, devices that exist, option ranges.
+
+Each raises PriorswapError (exit code 2 on the CLI) before any weights load, so a bad value costs nothing."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from .errors import PriorswapError
+
+
+def _nearest_existing(path: Path) -> Path:
+    for parent in (path, *path.parents):
+        if parent.exists():
+            return parent
+    return Path(".")
+
+
+def _can_write_in(folder: Path) -> bool:
+    """Whether a file can be created in `folder` (tried: permissions alone mislead root and special file systems)."""
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".priorswap-probe-", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
+
+
+def writable_file(path: Path, option: str) -> None:
+    """`path` can be written as a file: not a folder, and its nearest existing parent is a writable folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise PriorswapError(f"{option} {path} is a folder; give a file name")
+    parent = _nearest_existing(path.parent)
+    if not parent.is_dir():
+        raise PriorswapError(f"{option} {path}: {parent} is a file, not a folder")
+    if not _can_write_in(parent):
+        raise PriorswapError(f"{option} {path}: cannot write in {parent}; choose another place")
+
+
+def writable_folder(path: Path, option: str) -> None:
+    """`path` is (or can be created as) a writable folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise PriorswapError(f"{option} {path} is a file, not a folder")
+    parent = _nearest_existing(path)
+    if not parent.is_dir():
+        raise PriorswapError(f"{option} {path}: {parent} is a file, not a folder")
+    if not _can_write_in(parent):
+        raise PriorswapError(f"{option} {path}: cannot write in {parent}; choose another place")
+
+
+def device(name: str | None) -> str:
+    """A torch device string that exists here (default: cuda when available, else cpu)."""
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise PriorswapError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PriorswapError(f"--device {name}: no CUDA device here (this torch build: {torch.__version__}); "
+                             "use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise PriorswapError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise PriorswapError(f"--device {name}: MPS is not available here; use --device cpu")
+    return name
+
+
+def finite(value: float | None, option: str) -> None:
+    if value is not None and not math.isfinite(value):
+        raise PriorswapError(f"{option} must be a finite number, got {value}")
+
+
+def in_range(value: float | None, option: str, low: float, high: float) -> None:
+    if value is not None and not low <= value <= high:
+        raise PriorswapError(f"{option} must be between {low:g} and {high:g}, got {value:g}")
+
+
+def one_of(value: str, option: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise PriorswapError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
