@@ -292,3 +292,35 @@ def test_registry_entries_are_pinned_and_pair_with_sd_priors(monkeypatch):
     assert seen["repo"] == "kxic/zero123-xl" and seen["revision"] == registry.entry("zero123-xl").source.revision
     folders = {p.split("/")[0] for p in seen["patterns"] if "/" in p}
     assert folders == {"unet", "scheduler", "vae", "image_encoder", "cc_projection"}
+    # Stable Zero123: ashawkey's Zero123Pipeline conversion (safetensors), its own task and projection folder
+    stable = registry.entry("stable-zero123")
+    assert stable.task == "novel-view-stable" and re.fullmatch(r"[0-9a-f]{40}", stable.source.revision)
+    with pytest.raises(PriorswapError, match="hf download ashawkey/stable-zero123-diffusers"):
+        priorswap.load_pair("stable-zero123")
+    folders = {p.split("/")[0] for p in seen["patterns"] if "/" in p}
+    assert folders == {"unet", "scheduler", "vae", "image_encoder", "clip_camera_projection"}
+
+
+def test_the_zero123pipeline_layout_loads_the_same_model(zero123_folder, source_png, tmp_path):
+    """ashawkey's layout (Zero123Pipeline, clip_camera_projection/ holding CLIPCameraProjection's proj.*, fp16)
+    samples exactly what the kxic layout of the same weights samples."""
+    from safetensors.torch import load_file
+
+    other = tmp_path / "zero123pipeline"
+    shutil.copytree(zero123_folder, other)
+    shutil.rmtree(other / "cc_projection")
+    cc = load_file(zero123_folder / "cc_projection" / "diffusion_pytorch_model.safetensors")
+    (other / "clip_camera_projection").mkdir()
+    save_file({"proj.weight": cc["projection.weight"], "proj.bias": cc["projection.bias"]},
+              other / "clip_camera_projection" / "diffusion_pytorch_model.safetensors")
+    (other / "clip_camera_projection" / "config.json").write_text(json.dumps(
+        {"_class_name": "CLIPCameraProjection", "embedding_dim": CONTEXT_DIM, "additional_embeddings": EMBED_DIM + 4
+         - CONTEXT_DIM}))
+    index = json.loads((zero123_folder / "model_index.json").read_text())
+    index.pop("cc_projection")
+    (other / "model_index.json").write_text(json.dumps(
+        {**index, "_class_name": "Zero123Pipeline", "clip_camera_projection": ["zero123", "CLIPCameraProjection"]}))
+    inputs = {"image": source_png, "azimuth": 40.0, "polar": 10.0, "radius": 0.0}
+    want = priorswap.load_pair(str(zero123_folder)).sample(inputs, steps=3, seed=1, decode=False).latents
+    got = priorswap.load_pair(str(other)).sample(inputs, steps=3, seed=1, decode=False).latents
+    assert torch.equal(got, want)

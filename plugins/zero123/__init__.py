@@ -30,7 +30,7 @@ def register_denoisers(register):
             name="zero123",
             load="priorswap.plugins.zero123.denoiser:load",
             describe="priorswap.plugins.zero123.denoiser:describe",
-            pipeline_classes=("Zero1to3StableDiffusionPipeline",),
+            pipeline_classes=("Zero1to3StableDiffusionPipeline", "Zero123Pipeline"),
             default_task="novel-view",
             folders={"model": list(COMPONENTS), "prior": list(COMPONENTS)},
         )

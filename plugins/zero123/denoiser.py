@@ -1,8 +1,9 @@
 """The Zero-1-to-3 denoiser: an 8-channel UNet2DConditionModel (noisy latent + source-image latent)
 with one cross-attention token (CLIP image embedding and camera pose, through `cc_projection`).
 
-The hub folders (kxic/zero123-*) name a community pipeline class (`Zero1to3StableDiffusionPipeline`)
-that diffusers does not ship, so the components are loaded one by one here.
+The hub folders name a community pipeline class that diffusers does not ship (kxic/zero123-*:
+`Zero1to3StableDiffusionPipeline` with `cc_projection/`; ashawkey/*-diffusers: `Zero123Pipeline` with
+`clip_camera_projection/`), so the components are loaded one by one here.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from priorswap.vae import VaeDecoder, describe_vae
 
 IN_CHANNELS = 8  # 4 noisy-latent channels + 4 source-image latent channels
 CC_DEFAULT_IN, CC_DEFAULT_OUT = 772, 768  # CCProjection's defaults: CLIP ViT-L/14 (768) + pose (4)
-CC_KEY_PREFIXES = ("projection.", "cc_projection.")  # diffusers conversion, original checkpoint
+CC_KEY_PREFIXES = ("projection.", "cc_projection.", "proj.")  # kxic conversion, original checkpoint, ashawkey's
+# the camera projection's folder: kxic's Zero1to3StableDiffusionPipeline layout, or ashawkey's Zero123Pipeline one
+CC_FOLDERS = ("cc_projection", "clip_camera_projection")
 
 
 @dataclass
@@ -98,14 +101,20 @@ def load_cc_projection(folder: Path, allow_pickle: bool = False, dtype: torch.dt
 
     Reads `folder/config.json` (`in_channel`/`out_channel`; the released configs carry only
     `_class_name`, so CCProjection's defaults 772 → 768 apply) and the weights under the diffusers
-    names `projection.weight/bias` or the original checkpoint's `cc_projection.weight/bias`.
+    names `projection.weight/bias` (kxic), the original checkpoint's `cc_projection.weight/bias`, or
+    CLIPCameraProjection's `proj.weight/bias` with `embedding_dim`/`additional_embeddings` in its config.
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise PriorswapError(f"{folder.parent} has no 'cc_projection' folder (the Zero-1-to-3 camera projection)")
+        raise PriorswapError(f"{folder.parent} has no 'cc_projection' (or 'clip_camera_projection') folder: the "
+                             "Zero-1-to-3 camera projection")
     config = _read_json(folder / "config.json")
-    n_in = int(config.get("in_channel", CC_DEFAULT_IN))
-    n_out = int(config.get("out_channel", CC_DEFAULT_OUT))
+    if "embedding_dim" in config:  # CLIPCameraProjection: embedding_dim + additional_embeddings → embedding_dim
+        n_out = int(config["embedding_dim"])
+        n_in = n_out + int(config.get("additional_embeddings", 4))
+    else:
+        n_in = int(config.get("in_channel", CC_DEFAULT_IN))
+        n_out = int(config.get("out_channel", CC_DEFAULT_OUT))
     state = _cc_state(folder, allow_pickle)
     for prefix in CC_KEY_PREFIXES:
         if {prefix + "weight", prefix + "bias"} <= set(state):
@@ -113,8 +122,8 @@ def load_cc_projection(folder: Path, allow_pickle: bool = False, dtype: torch.dt
             break
     else:
         raise PriorswapError(
-            f"{folder}: no cc_projection weights under the names projection.weight/bias or "
-            f"cc_projection.weight/bias (found: {', '.join(sorted(state)) or 'nothing'})"
+            f"{folder}: no camera projection weights under the names projection.weight/bias, "
+            f"cc_projection.weight/bias or proj.weight/bias (found: {', '.join(sorted(state)) or 'nothing'})"
         )
     if tuple(weight.shape) != (n_out, n_in) or tuple(bias.shape) != (n_out,):
         raise PriorswapError(
@@ -126,6 +135,14 @@ def load_cc_projection(folder: Path, allow_pickle: bool = False, dtype: torch.dt
     linear.load_state_dict({"weight": weight, "bias": bias})
     linear = linear.eval().requires_grad_(False)
     return linear.to(dtype) if dtype is not None else linear
+
+
+def projection_folder(folder: Path) -> Path:
+    """The camera projection's sub-folder: `cc_projection/` (kxic) or `clip_camera_projection/` (ashawkey)."""
+    for name in CC_FOLDERS:
+        if (folder / name).is_dir():
+            return folder / name
+    return folder / CC_FOLDERS[0]  # missing: load_cc_projection says so
 
 
 def load(request: LoadRequest) -> Zero123Denoiser:
@@ -141,7 +158,7 @@ def load(request: LoadRequest) -> Zero123Denoiser:
         )
     encoder = load_component(CLIPVisionModelWithProjection, folder, "image_encoder", allow_pickle=pickle, dtype=dtype)
     vae = load_component(AutoencoderKL, folder, "vae", allow_pickle=pickle, dtype=dtype)
-    cc = load_cc_projection(folder / "cc_projection", allow_pickle=pickle, dtype=unet.dtype)
+    cc = load_cc_projection(projection_folder(folder), allow_pickle=pickle, dtype=unet.dtype)
     if cc.out_features != unet.config.cross_attention_dim:
         raise PriorswapError(
             f"{folder}: cc_projection gives {cc.out_features}-dim tokens but the UNet attends to "
