@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ldm_layout import vae_to_ldm
 from PIL import Image
-from tiny import VOCAB, tiny_vae
+from tiny import VOCAB, randomise, tiny_vae
 from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
@@ -429,13 +430,15 @@ def release_checkpoint(path: Path):
     state.update({f"image_proj_model.{k}": v for k, v in proj.state_dict().items()})
     state.update({f"cond_stage_model.model.{k}": v for k, v in text.state_dict().items()})
     state.update({f"embedder.model.visual.{k}": v for k, v in visual.state_dict().items()})
+    vae = release_vae()
+    state.update(vae_to_ldm(vae.state_dict(), vae.config))  # first_stage_model.* in the LDM layout
     state.update({"betas": torch.zeros(1000), "model_ema.decay": torch.tensor(0.9)})
     if path.suffix == ".safetensors":
         save_file({k: v.contiguous() for k, v in state.items()}, path)
     else:
         torch.save({"state_dict": state}, path)
     overrides = {
-        "unet": UNET, "image_proj": PROJ,
+        "unet": UNET, "image_proj": PROJ, "vae": {k: v for k, v in vae.config.items() if not k.startswith("_")},
         "text_encoder": {"vocab_size": len(VOCAB), "hidden_size": CTX, "intermediate_size": 4 * CTX,
                          "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 77,
                          "hidden_act": "gelu"},
@@ -444,6 +447,12 @@ def release_checkpoint(path: Path):
                           "hidden_act": "gelu"},
     }
     return overrides, unet, text
+
+
+def release_vae():
+    """The released-style checkpoint's VAE: tiny, with distinct random values (a mapping that swaps two tensors
+    cannot pass)."""
+    return randomise(tiny_vae(), seed=5)
 
 
 def test_convert_release_end_to_end(tmp_path, folders):
@@ -455,9 +464,13 @@ def test_convert_release_end_to_end(tmp_path, folders):
     parts = folders["dc512"].parent / "parts"
     out = convert_release(ckpt, "dynamicrafter-512", tmp_path / "converted", tokenizer=parts / "tokenizer",
                           overrides=overrides)
-    import shutil
+    from safetensors.torch import load_file
 
-    shutil.copytree(parts / "vae", out / "vae")  # no LDM VAE in this file
+    # the converted VAE holds the checkpoint's LDM VAE, through diffusers' LDM → AutoencoderKL key conversion
+    converted_vae = load_file(out / "vae" / "diffusion_pytorch_model.safetensors")
+    expected_vae = release_vae().state_dict()
+    assert converted_vae.keys() == expected_vae.keys()
+    assert all(torch.equal(converted_vae[k], v) for k, v in expected_vae.items())
     lvdm = out / "scheduler" / "lvdm_config.json"
     lvdm.write_text(json.dumps({**json.loads(lvdm.read_text()), "frames": FRAMES, "height": PIXELS, "width": PIXELS}))
     loaded = load_pair(str(out))
