@@ -217,7 +217,7 @@ def sample(
     registry: RegistryOpt = None,
 ) -> None:
     """Sample a fine-tuned model with guidance from a prior. Task inputs follow as options,
-    e.g. `--class-label 207` for class-conditional models."""
+    e.g. `--class-label 207` for class-conditional models (`priorswap tasks --model ID` lists them)."""
     from . import checks
 
     raw = _parse_task_options(list(ctx.args))
@@ -370,6 +370,44 @@ def _floats(text: str, option: str) -> list[float]:
     if not values:
         raise PriorswapError(f"{option} needs at least one value")
     return values
+
+
+def _type_text(annotation: Any) -> str:
+    import typing
+
+    text = getattr(annotation, "__name__", None) if typing.get_origin(annotation) is None else None
+    return text or str(annotation).replace("typing.", "").replace("pathlib.", "")
+
+
+@app.command()
+def tasks(
+    model: Annotated[str | None, typer.Option(help="Show only the task of this model (id, folder or file).")] = None,
+    allow_pickle: Annotated[bool, typer.Option(
+        "--allow-pickle", help="Allow reading the tensor names of a pickled checkpoint file (weights_only).")] = False,
+    registry: RegistryOpt = None,
+) -> None:
+    """The task inputs `sample` takes as options (and `eval --data` as item fields), task by task."""
+    from .family import resolve_ref
+    from .plugin_manager import get_plugins
+
+    plugins = get_plugins()
+    if model is not None:
+        from .dataset_eval import task_for
+
+        names = [task_for(model, registry or [], plugins, allow_pickle=allow_pickle)[0]]
+    else:
+        names = sorted(plugins.tasks)
+    for name in names:
+        task = resolve_ref(plugins.tasks[name])
+        title = f"task {name}" + (f" (model {model})" if model else "") + f", guidance levels: {', '.join(task.levels)}"
+        table = Table(title=title, title_justify="left")
+        for col in ("option", "type", "default", "meaning"):
+            table.add_column(col, overflow="fold")
+        for field_name, field in task.Inputs.model_fields.items():
+            default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            table.add_row("--" + field_name.replace("_", "-"), _type_text(field.annotation), default,
+                          field.description or "")
+        console.print(table)
 
 
 @app.command("eval")

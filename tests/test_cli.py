@@ -226,3 +226,13 @@ def test_autocast_runs_mixed_precision(tmp_path, capsys, dit_folder):
     assert outs["mixed"].dtype == torch.float32
     rel = (outs["mixed"] - outs["plain"]).abs().mean() / outs["plain"].abs().mean()
     assert 0 < rel < 0.05
+
+
+def test_tasks_lists_the_options_of_a_models_task(capsys):
+    code, out, _ = run_cli(capsys, "tasks", "--model", "toy-digits-view")
+    assert code == 0 and "task toy-view" in out and "--source-index" in out and "--angle" in out
+    assert "--class-label" not in out  # only this model's task
+    code, out, _ = run_cli(capsys, "tasks")
+    assert code == 0 and all(f"task {name}" in out for name in ("toy-class", "toy-view", "toy-edit", "novel-view"))
+    code, _, err = run_cli(capsys, "tasks", "--model", "no-such-model")
+    assert code == 2 and "unknown model id" in err
