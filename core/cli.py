@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,7 +21,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# piped (not a terminal): wide enough that tables keep one row per line instead of 80 folded columns
+console = Console() if sys.stdout.isatty() or os.environ.get("COLUMNS") else Console(width=160)
 err = Console(stderr=True)
 
 MODEL_HELP = "Fine-tuned model: registry id, local diffusers folder or checkpoint file (FILE[#variant])."
