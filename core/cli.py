@@ -244,7 +244,7 @@ def sample(
     import torch
 
     from .api import load_pair
-    from .dataset_eval import task_for
+    from .loading import task_for
     from .plugin_manager import get_plugins
 
     _, task_cls = task_for(model, registry or [], get_plugins(), allow_pickle=allow_pickle)
@@ -331,6 +331,7 @@ def _check_sampling_options(
 ) -> None:
     """Range checks of the sampling options, before any weights load."""
     from . import checks
+    from .api import MATCHES, SCHEDULERS
     from .guidance import METHODS
 
     if method is not None:
@@ -341,9 +342,9 @@ def _check_sampling_options(
     checks.in_range(eta, "--eta", 0.0, 1.0)
     if steps is not None and steps < 1:
         raise PriorswapError(f"--steps must be at least 1, got {steps}")
-    checks.one_of(match, "--match", ("continuous", "nearest"))
+    checks.one_of(match, "--match", MATCHES)
     if scheduler is not None:
-        checks.one_of(scheduler, "--scheduler", ("ddim", "euler", "native"))
+        checks.one_of(scheduler, "--scheduler", SCHEDULERS)
 
 
 def _autocast(name: str | None) -> Any:
@@ -394,7 +395,7 @@ def tasks(
 
     plugins = get_plugins()
     if model is not None:
-        from .dataset_eval import task_for
+        from .loading import task_for
 
         names = [task_for(model, registry or [], plugins, allow_pickle=allow_pickle)[0]]
     else:
@@ -483,7 +484,8 @@ def eval_(
         checks.finite(value, "--guidance")
     checks.finite(image_guidance, "--image-guidance")
     device = checks.device(device)
-    from .dataset_eval import EvalRequest, run, task_for
+    from .dataset_eval import EvalRequest, run
+    from .loading import task_for
 
     request = EvalRequest(
         model=model, priors=[None if p.lower() == "none" else p for p in priors],
@@ -544,13 +546,14 @@ def cache(
 
 
 def _source_text(role: dict | None) -> str:
+    from .registry import Source
+
     if role is None:
         return "—"
-    src = role["source"]
-    where = src.get("repo") or src.get("path") or role["id"]
-    where += f"@{src['revision']}" if src.get("revision") else ""
-    where += f":{src['file']}" if src.get("file") else ""
-    where += f" (sha256 {src['sha256'][:12]}…)" if src.get("sha256") else ""
+    try:
+        where = Source.model_validate(role["source"]).describe()
+    except ValueError:  # a record written by another version: show it as stored
+        where = str(role["source"])
     return f"{role['id']} — {where}, {role['dtype']}"
 
 

@@ -43,7 +43,7 @@ def converted_path(entry: ModelEntry, family: Family) -> Path:
         key = f"{path.resolve()}:{stat.st_size if stat else 0}:{stat.st_mtime_ns if stat else 0}"
         where = f"local/{hashlib.sha256(key.encode()).hexdigest()[:24]}"
     if src.extra_files:  # the same checkpoint with other extra files converts to another folder
-        extras = "\n".join(e.describe() + (e.path or "") for e in src.extra_files)
+        extras = "\n".join(e.describe() for e in src.extra_files)
         where += f"+{hashlib.sha256(extras.encode()).hexdigest()[:16]}"
     return cache_root() / where / f"{src.file}.{family.name}.{entry.variant or 'default'}"
 

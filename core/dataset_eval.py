@@ -22,9 +22,8 @@ import torch.nn.functional as F
 from . import image_metrics as M
 from .datasets import Item, load_items
 from .errors import PriorswapError
-from .family import resolve_ref
+from .loading import task_for
 from .plugin_manager import Plugins, get_plugins
-from .task import Task
 
 INPUT_FIELD = "image"  # the task input that holds the source image (clip-image, clip-direction, the grid)
 TEXT_FIELD = "prompt"  # the task input clip-text falls back to without caption_out
@@ -82,21 +81,6 @@ def variants(request: EvalRequest) -> list[Variant]:
     if request.ablate_adapters:
         out += [Variant(p, adapters=False) for p in request.priors if p is not None]
     return list(dict.fromkeys(out))
-
-
-def task_for(
-    model: str, registry_files: list[str], plugins: Plugins, *, allow_pickle: bool = False
-) -> tuple[str, type[Task]]:
-    """The task name and class of a model (a registry id, local folder or checkpoint), without loading weights."""
-    from .loading import resolve
-    from .registry import Registry
-
-    registry = Registry.load(registry_files, plugins.registry_files)
-    entry = resolve(model, registry, plugins, allow_pickle=allow_pickle).entry
-    name = entry.task or plugins.family(entry.plugin).default_task
-    if name is None or name not in plugins.tasks:
-        raise PriorswapError(f"no task '{name}' is registered for '{model}' (tasks: {', '.join(plugins.tasks)})")
-    return name, resolve_ref(plugins.tasks[name])
 
 
 # ---- measuring ------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from .hub import fetch
 from .latents import LatentSpace
 from .plugin_manager import Plugins
 from .registry import ModelEntry, Registry, Source
+from .task import Task
 
 
 @dataclass
@@ -147,12 +148,24 @@ def load(
         denoiser = resolve_ref(family.load)(request)
     except PriorswapError:
         raise
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:  # a broken or incomplete copy of the weights
+    except (OSError, ValueError, KeyError) as e:  # a broken or incomplete copy of the weights (JSON errors too)
         raise WeightsUnavailable(
             f"could not load '{resolved.id}' ({entry.plugin}) from {folder}: {type(e).__name__}: {e}. The folder is "
             "incomplete or a file is damaged: download it again (or delete it from the cache) and retry"
         ) from e
     return Loaded(resolved, folder, denoiser)
+
+
+def task_for(
+    model: str, registry_files: list[str], plugins: Plugins, *, allow_pickle: bool = False
+) -> tuple[str, type[Task]]:
+    """The task name and class of a model (a registry id, local folder or checkpoint), without loading weights."""
+    registry = Registry.load(registry_files, plugins.registry_files)
+    entry = resolve(model, registry, plugins, allow_pickle=allow_pickle).entry
+    name = entry.task or plugins.family(entry.plugin).default_task
+    if name is None or name not in plugins.tasks:
+        raise PriorswapError(f"no task '{name}' is registered for '{model}' (tasks: {', '.join(plugins.tasks)})")
+    return name, resolve_ref(plugins.tasks[name])
 
 
 def compatible_priors(
