@@ -15,13 +15,10 @@ VIDEO_TASKS = ("image-to-video", "text-to-video")
 def video_task(model: str, allow_pickle: bool = False) -> str:
     """The task of `model` (registry id, folder or checkpoint file), read before any weights load; a
     PriorswapError when it is not a video model."""
-    from priorswap.loading import resolve
+    from priorswap.loading import task_for
     from priorswap.plugin_manager import get_plugins
-    from priorswap.registry import Registry
 
-    plugins = get_plugins()
-    resolved = resolve(model, Registry.load(plugin_files=plugins.registry_files), plugins, allow_pickle=allow_pickle)
-    task = resolved.entry.task or plugins.family(resolved.entry.plugin).default_task
+    task, _ = task_for(model, [], get_plugins(), allow_pickle=allow_pickle)
     if task not in VIDEO_TASKS:
         raise PriorswapError(f"'{model}' is not a video model (its task is {task}): `priorswap video` takes "
                              "DynamiCrafter / VideoCrafter models; use `priorswap sample` for image models")

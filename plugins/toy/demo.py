@@ -7,6 +7,7 @@ a small metrics table.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -145,14 +146,10 @@ def run(out: Path, samples: int = 64, steps: int = 15, seed: int = 0, console=No
         for model in (CLASS_MODEL, VIEW_MODEL):
             rec = priorswap.Registry.load(plugin_files=priorswap.get_plugins().registry_files).entry(model).recommended
             bar = progress.add_task(f"measuring {model} ({samples} samples per method)", total=len(VARIANTS))
-            started = []  # evaluate reports each method as it starts it: the ones before it are done
-
-            def step(_: str, bar=bar, started=started) -> None:
-                progress.update(bar, completed=len(started))
-                started.append(1)
-
+            done = itertools.count()  # evaluate reports each method as it starts it: the ones before it are done
             records += evaluate(model, list(VARIANTS), [rec.guidance], samples=samples, seeds=(seed,), steps=steps,
-                                n_boot=200, reference=reference, progress=step)
+                                n_boot=200, reference=reference,
+                                progress=lambda _, bar=bar, done=done: progress.update(bar, completed=next(done)))
             progress.update(bar, completed=len(VARIANTS))
     for model in (CLASS_MODEL, VIEW_MODEL):
         console.print(metrics_table(records, model))
