@@ -16,6 +16,10 @@ swap/CFG ≤ 1.05, then (unless --no-breakdown) times the bare network forwards 
 show where a difference comes from.
 
     flock /tmp/priorswap-bench.lock python bench/step_time.py [--work DIR] [--threads N] [--repeats 10] [--steps 2]
+        [--samples 1]
+
+`--samples N` draws N samples per run (pair.sample's num_samples): CFG's forward then has 2N rows and
+each swap forward N. The target applies at every N; the default is one sample, the paper's setting.
 
 `--tiny` runs the same on tiny configs in seconds: a smoke test, where per-step Python overhead
 dominates (diagnostic only, no target). Exit status: 0 PASS, 1 FAIL.
@@ -58,28 +62,30 @@ def cache_conditions(pair) -> None:
     pair.task.conditions = conditions
 
 
-def run_steps(pair, image: Path, method: str, steps: int) -> tuple[float, dict[str, int]]:
-    """One sampling run of `steps` steps (conditions cached); returns its seconds per step and forward calls."""
+def run_steps(pair, image: Path, method: str, steps: int, samples: int) -> tuple[float, dict[str, int]]:
+    """One sampling run of `steps` steps drawing `samples` samples (conditions cached); returns its seconds
+    per step and forward calls."""
     start = time.perf_counter()
-    result = pair.sample(image=image, guidance=method, steps=steps, seed=0, decode=False, **POSE)
+    result = pair.sample(image=image, guidance=method, steps=steps, seed=0, decode=False, num_samples=samples,
+                         **POSE)
     return (time.perf_counter() - start) / steps, result.forward_calls
 
 
 @torch.no_grad()
-def forward_breakdown(pair, repeats: int) -> dict[str, float]:
-    """Median seconds of the bare network forwards a step makes: model batch 2 (CFG), model batch 1 and
-    prior batch 1 (prior swap), at the 32×32 latent, interleaved."""
+def forward_breakdown(pair, repeats: int, n: int) -> dict[str, float]:
+    """Median seconds of the bare network forwards a step of `n` samples makes: model batch 2n (CFG), model
+    batch n and prior batch n (prior swap), at the 32×32 latent, interleaved."""
     model, prior = pair.model.denoiser, pair.prior.denoiser
     size = model.resolution // model.latent_space.downsample
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, model.latent_space.channels, size, size, generator=g).to(model.device, model.dtype)
-    t = torch.tensor([500, 500], device=model.device)
-    m_cond = {k: v.expand(2, *v.shape[1:]) for k, v in model.null_condition().items()}
-    p_cond = prior.null_condition()
+    x = torch.randn(2 * n, model.latent_space.channels, size, size, generator=g).to(model.device, model.dtype)
+    t = torch.full((2 * n,), 500, device=model.device)
+    m_cond = {k: v.expand(2 * n, *v.shape[1:]) for k, v in model.null_condition().items()}
+    p_cond = {k: v.expand(n, *v.shape[1:]) for k, v in prior.null_condition().items()}
     calls = {
-        "model, batch 2": lambda: model.forward(x, t, m_cond),
-        "model, batch 1": lambda: model.forward(x[:1], t[:1], {k: v[:1] for k, v in m_cond.items()}),
-        "prior, batch 1": lambda: prior.forward(x[:1].to(prior.dtype), t[:1], p_cond),
+        f"model, batch {2 * n}": lambda: model.forward(x, t, m_cond),
+        f"model, batch {n}": lambda: model.forward(x[:n], t[:n], {k: v[:n] for k, v in m_cond.items()}),
+        f"prior, batch {n}": lambda: prior.forward(x[:n].to(prior.dtype), t[:n], p_cond),
     }
     times: dict[str, list[float]] = {k: [] for k in calls}
     for fn in calls.values():  # warm-up
@@ -99,14 +105,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="weights' dtype (folders are saved and loaded in it)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all)")
     parser.add_argument("--steps", type=int, default=2, help="DDIM steps per run")
+    parser.add_argument("--samples", type=int, default=1,
+                        help="samples per run (CFG's forward has twice as many rows; each swap forward as many)")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs of each method (interleaved)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each method first")
     parser.add_argument("--no-breakdown", action="store_true", help="skip timing the bare network forwards")
     parser.add_argument("--tiny", action="store_true", help="tiny configs: a smoke test in seconds, no target")
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines appear in order with the builder's output
-    if args.steps < 1 or args.repeats < 1:
-        parser.error("--steps and --repeats must be at least 1")
+    if min(args.steps, args.repeats, args.samples) < 1:
+        parser.error("--steps, --repeats and --samples must be at least 1")
 
     import diffusers
     import transformers
@@ -127,20 +135,21 @@ def main(argv: list[str] | None = None) -> int:
         shape = "×".join(map(str, pair.task.latent_shape(pair.inputs(image=paths["image"], **POSE))))
         print(f"pair loaded in {time.perf_counter() - start:.1f} s: model UNet "
               f"{param_bytes(pair.model.denoiser.net) / 2**20:.0f} MiB, prior UNet "
-              f"{param_bytes(pair.prior.denoiser.net) / 2**20:.0f} MiB; latents {shape}; {args.steps} DDIM steps "
-              f"per run, {args.warmup} warm-up + {args.repeats} interleaved runs of each")
+              f"{param_bytes(pair.prior.denoiser.net) / 2**20:.0f} MiB; latents {shape}, {args.samples} "
+              f"sample(s); {args.steps} DDIM steps per run, {args.warmup} warm-up + {args.repeats} interleaved "
+              "runs of each")
         cache_conditions(pair)
         calls: dict[str, dict[str, int]] = {}
         for _ in range(args.warmup):
             for method in METHODS:
-                run_steps(pair, paths["image"], method, args.steps)
+                run_steps(pair, paths["image"], method, args.steps, args.samples)
         times: dict[str, list[float]] = {m: [] for m in METHODS}
         for i in range(args.repeats):
             order = METHODS if i % 2 == 0 else METHODS[::-1]  # neither always runs first
             for method in order:
-                per_step, calls[method] = run_steps(pair, paths["image"], method, args.steps)
+                per_step, calls[method] = run_steps(pair, paths["image"], method, args.steps, args.samples)
                 times[method].append(per_step)
-        breakdown = None if args.no_breakdown else forward_breakdown(pair, max(3, args.repeats // 2))
+        breakdown = None if args.no_breakdown else forward_breakdown(pair, max(3, args.repeats // 2), args.samples)
 
     med = {m: statistics.median(v) for m, v in times.items()}
     ratio = med["prior-swap"] / med["cfg"]
@@ -152,9 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"median of the ratios of adjacent runs swap/CFG = {paired:.3f}")
     if breakdown:
         print("bare network forwards (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in breakdown.items()))
-        split = breakdown["model, batch 1"] + breakdown["prior, batch 1"]
-        print(f"  model b1 + prior b1 = {split:.3f} s vs model b2 = {breakdown['model, batch 2']:.3f} s "
-              f"(ratio {split / breakdown['model, batch 2']:.3f})")
+        n = args.samples
+        split = breakdown[f"model, batch {n}"] + breakdown[f"prior, batch {n}"]
+        batched = breakdown[f"model, batch {2 * n}"]
+        print(f"  model b{n} + prior b{n} = {split:.3f} s vs model b{2 * n} = {batched:.3f} s "
+              f"(ratio {split / batched:.3f})")
     if args.tiny:
         print(f"ratio swap/CFG = {ratio:.3f}  (tiny networks: per-step overhead dominates; diagnostic only, no target)")
         return 0

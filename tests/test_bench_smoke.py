@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
     ("script", "expect"),
     [
         ("memory.py", "two full pipelines side by side"),
-        ("step_time.py", "prior-swap"),
+        ("step_time.py", "model b2 + prior b2"),
         ("video_cost.py", "dual prior swap"),
     ],
 )
@@ -23,6 +23,8 @@ def test_bench_tiny_mode_runs(script, expect, tmp_path):
     args = [sys.executable, str(ROOT / "bench" / script), "--tiny"]
     if script != "video_cost.py":
         args += ["--work", str(tmp_path / "work")]
+    if script == "step_time.py":
+        args += ["--samples", "2", "--repeats", "2"]  # several samples per step: CFG batch 4, swap batches 2
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert expect in done.stdout
