@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .adapters import PairSpec, Plan, plan_pair
 from .checkpoints import checkpoint_entry, split_ref
+from .configs import read_json
 from .denoiser import Denoiser
 from .errors import PriorswapError, RegistryError, WeightsUnavailable
 from .family import LoadRequest, resolve_ref
@@ -59,11 +59,7 @@ def read_model_index(folder: Path) -> dict:
             f"{folder} is not a diffusers pipeline folder (no model_index.json); "
             "pass a registry id (`priorswap list`) or a folder saved with save_pretrained"
         )
-    try:
-        return json.loads(index.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PriorswapError(f"{index} is not valid JSON ({e}); the folder is damaged: save or download it again") \
-            from None
+    return read_json(index)
 
 
 def resolve(ref: str, registry: Registry, plugins: Plugins, *, allow_pickle: bool = False) -> Resolved:

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .configs import read_json
 from .hub import load_component
 from .latents import LatentSpace
 
@@ -21,7 +22,7 @@ KNOWN_FAMILIES = {
 
 def describe_vae(folder: Path) -> dict[str, Any]:
     """Latent-space fields (channels, scale, shift, downsample, family) from a vae/config.json."""
-    cfg = json.loads((folder / "config.json").read_text())
+    cfg = read_json(folder / "config.json")
     channels = int(cfg.get("latent_channels", 4))
     blocks = tuple(cfg.get("block_out_channels", (128, 256, 512, 512)))
     scale = float(cfg.get("scaling_factor", 0.18215))

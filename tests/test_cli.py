@@ -131,6 +131,24 @@ def test_damaged_local_models_exit_2(tmp_path, capsys, dit_folder):
     assert code == 2 and "is not a readable PyTorch checkpoint" in err
 
 
+@pytest.mark.parametrize("kind", ["dit", "sd"])
+def test_damaged_or_missing_component_configs_exit_2(kind, tmp_path, capsys, dit_folder, sd_folder):
+    import shutil
+
+    source, network = (dit_folder, "transformer") if kind == "dit" else (sd_folder, "unet")
+    for name, damage, expect in [
+        ("scheduler/scheduler_config.json", lambda p: p.write_text("{broken"), "is not valid JSON"),
+        (f"{network}/config.json", lambda p: p.unlink(), "is missing"),
+        ("vae/config.json", lambda p: p.write_text("[1, 2]"), "not an object"),
+    ]:
+        folder = tmp_path / f"{kind}-{name.replace('/', '-')}"
+        shutil.copytree(source, folder)
+        damage(folder / name)
+        code, _, err = run_cli(capsys, "pairs", str(folder))
+        assert code == 2 and expect in err and name.split("/")[0] in err, err
+        assert "Traceback" not in err
+
+
 def test_unknown_model_suggests(capsys):
     code, _, err = run_cli(capsys, "sample", "--model", "dit-xl2-256", "--class-label", "1", "--out", "x.png")
     assert code == 2 and "dit-xl-2-256" in err

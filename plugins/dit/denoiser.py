@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from priorswap import Denoiser, LoadRequest
+from priorswap.configs import read_json
 from priorswap.hub import load_component
 from priorswap.vae import describe_vae
 
@@ -37,7 +37,7 @@ class DiTDenoiser(Denoiser):
 def _transformer_class(folder: Path):
     import diffusers
 
-    config = json.loads((folder / "transformer" / "config.json").read_text())
+    config = read_json(folder / "transformer" / "config.json")
     name = config.get("_class_name", "DiTTransformer2DModel")
     return diffusers.DiTTransformer2DModel if name == "Transformer2DModel" else getattr(diffusers, name)
 
@@ -47,7 +47,7 @@ def load(request: LoadRequest) -> DiTDenoiser:
     transformer = load_component(
         _transformer_class(folder), folder, "transformer", allow_pickle=request.allow_pickle, dtype=request.dtype
     ).to(request.device)
-    scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    scheduler_config = read_json(folder / "scheduler" / "scheduler_config.json")
     return DiTDenoiser(transformer, scheduler_config, request)
 
 
@@ -55,8 +55,8 @@ def describe(folder: Path) -> dict:
     """Registry-entry fields for a local DiTPipeline folder (e.g. a user's fine-tuned DiT)."""
     from priorswap.loading import schedule_fields
 
-    tcfg = json.loads((folder / "transformer" / "config.json").read_text())
-    scfg = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    tcfg = read_json(folder / "transformer" / "config.json")
+    scfg = read_json(folder / "scheduler" / "scheduler_config.json")
     space = describe_vae(folder / "vae")
     return {
         "latent_space": space,

@@ -17,7 +17,6 @@ A condition holds `context` (B, 77 [+ image tokens], D), `fs` (B,) and, for Dyna
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from priorswap import Denoiser, DiscreteSchedule, LoadRequest, PriorswapError
+from priorswap.configs import read_json
 from priorswap.errors import WeightsUnavailable
 from priorswap.hub import folders_on_demand, load_component
 from priorswap.nullcache import cached_null
@@ -47,7 +47,7 @@ def scale_table(base_scale: float) -> np.ndarray:
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise WeightsUnavailable(f"{path} does not exist; is {path.parent.parent} a DynamiCrafter/VideoCrafter folder?")
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def load_module(cls: type, folder: Path, name: str, dtype: torch.dtype | None) -> torch.nn.Module:

@@ -8,13 +8,13 @@ tensors of `fixture["compare"]` from the inputs in `io.safetensors`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
+from priorswap.configs import read_json
 from priorswap.errors import PriorswapError
 from priorswap.golden import Produced
 
@@ -31,7 +31,7 @@ SHOWN = 5  # keys listed per kind of mismatch
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise PriorswapError(f"{path} is missing: a DynamiCrafter network fixture needs it")
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def build_networks(config: dict) -> tuple[UNet3D, Resampler | None]:

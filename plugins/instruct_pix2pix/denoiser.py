@@ -3,12 +3,12 @@ source image's VAE latent (8 channels), conditioned on CLIP text hidden states."
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from priorswap import Denoiser, LoadRequest, PriorswapError
+from priorswap.configs import read_json
 from priorswap.hub import load_component
 from priorswap.nullcache import cached_null
 from priorswap.text_encoders import ClipTextEncoder
@@ -82,7 +82,7 @@ def load(request: LoadRequest) -> InstructPix2PixDenoiser:
     unet = load_component(
         UNet2DConditionModel, folder, "unet", allow_pickle=request.allow_pickle, dtype=request.dtype
     ).to(request.device)
-    scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    scheduler_config = read_json(folder / "scheduler" / "scheduler_config.json")
     return InstructPix2PixDenoiser(unet, scheduler_config, request)
 
 
@@ -90,8 +90,8 @@ def describe(folder: Path) -> dict:
     """Registry-entry fields for a local StableDiffusionInstructPix2PixPipeline folder."""
     from priorswap.loading import schedule_fields
 
-    ucfg = json.loads((folder / "unet" / "config.json").read_text())
-    scfg = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    ucfg = read_json(folder / "unet" / "config.json")
+    scfg = read_json(folder / "scheduler" / "scheduler_config.json")
     space = describe_vae(folder / "vae")
     check_channels(int(ucfg.get("in_channels", 4)), space["channels"], folder)
     return {

@@ -7,12 +7,12 @@ revision). Only on a cache miss are `text_encoder/` and `tokenizer/` fetched and
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from priorswap import Denoiser, LoadRequest
+from priorswap.configs import read_json
 from priorswap.errors import PriorswapError, WeightsUnavailable
 from priorswap.hub import folders_on_demand, load_component
 from priorswap.nullcache import cache_dir, cached_null
@@ -132,7 +132,7 @@ def load(request: LoadRequest) -> PixArtDenoiser:
         PixArtTransformer2DModel, folder, "transformer", allow_pickle=request.allow_pickle, dtype=request.dtype
     ).to(request.device)
     null = cached_null_condition(request)
-    scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    scheduler_config = read_json(folder / "scheduler" / "scheduler_config.json")
     return PixArtDenoiser(transformer, null, scheduler_config, request)
 
 
@@ -145,8 +145,8 @@ def describe(folder: Path) -> dict:
             f"{folder} has no vae/config.json, so its latent space is unknown: add a registry entry for it "
             "with `latent_space` (see docs/registry.md)"
         )
-    tcfg = json.loads((folder / "transformer" / "config.json").read_text())
-    scfg = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    tcfg = read_json(folder / "transformer" / "config.json")
+    scfg = read_json(folder / "scheduler" / "scheduler_config.json")
     space = describe_vae(folder / "vae")
     return {
         "roles": ["prior"],

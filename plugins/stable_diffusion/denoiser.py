@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from priorswap import Denoiser, LoadRequest
+from priorswap.configs import read_json
 from priorswap.hub import folders_on_demand, load_component
 from priorswap.nullcache import cached_null
 from priorswap.text_encoders import ClipTextEncoder
@@ -48,7 +48,7 @@ def load(request: LoadRequest) -> StableDiffusionDenoiser:
     null = cached_null(
         folder / "unet", "text:", lambda: encode_prompt(folders_on_demand(request, TEXT_FOLDERS, purpose))
     )
-    scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    scheduler_config = read_json(folder / "scheduler" / "scheduler_config.json")
     return StableDiffusionDenoiser(unet, null, scheduler_config, request)
 
 
@@ -56,7 +56,7 @@ def describe(folder: Path) -> dict:
     """Registry-entry fields for a local StableDiffusionPipeline folder."""
     from priorswap.loading import schedule_fields
 
-    ucfg = json.loads((folder / "unet" / "config.json").read_text())
+    ucfg = read_json(folder / "unet" / "config.json")
     if ucfg.get("in_channels", 4) != ucfg.get("out_channels", 4):
         from priorswap.errors import PriorswapError
 
@@ -66,7 +66,7 @@ def describe(folder: Path) -> dict:
             "InstructPix2Pix model). Give it a registry entry with the right plugin (plugin: instruct_pix2pix; "
             "see docs/registry.md) or use its registry id (e.g. magicbrush)."
         )
-    scfg = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    scfg = read_json(folder / "scheduler" / "scheduler_config.json")
     space = describe_vae(folder / "vae")
     return {
         "roles": ["prior"],

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from priorswap.configs import read_json
+
 from . import data
 
 CLASSIFIER_ID = "toy-digits-classifier"
@@ -53,7 +55,7 @@ def load_classifier(folder: Path | None = None) -> DigitClassifier:
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"no classifier weights at {weights}; train them with `priorswap toy train`")
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json(folder / "config.json")
     model = DigitClassifier(tuple(config["channels"]), config["features"], config["num_classes"])
     model.load_state_dict({k: v.float() for k, v in load_file(weights).items()})
     return model.eval().requires_grad_(False)

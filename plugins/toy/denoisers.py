@@ -3,12 +3,12 @@ prior, loaded from diffusers-style folders written by `train.py`."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from priorswap import Denoiser, LoadRequest
+from priorswap.configs import read_json
 from priorswap.hub import load_component
 
 from . import models
@@ -70,11 +70,11 @@ def load(request: LoadRequest) -> ToyDenoiser:
 
     folder = request.folder
     component = _component(folder)
-    config = json.loads((folder / component / "config.json").read_text())
+    config = read_json(folder / component / "config.json")
     cls = getattr(diffusers, config.get("_class_name", "UNet2DModel"))
     dtype = request.dtype if request.dtype is not None else torch.float32  # weights ship as float16
     net = load_component(cls, folder, component, allow_pickle=request.allow_pickle, dtype=dtype).to(request.device)
-    scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    scheduler_config = read_json(folder / "scheduler" / "scheduler_config.json")
     return ToyDenoiser(net, scheduler_config, request, "dit" if component == "transformer" else "unet")
 
 
@@ -83,9 +83,9 @@ def describe(folder: Path) -> dict:
     from priorswap.loading import schedule_fields
 
     component = _component(folder)
-    ncfg = json.loads((folder / component / "config.json").read_text())
-    scfg = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    index = json.loads((folder / "model_index.json").read_text())
+    ncfg = read_json(folder / component / "config.json")
+    scfg = read_json(folder / "scheduler" / "scheduler_config.json")
+    index = read_json(folder / "model_index.json")
     task = index.get("task")
     return {
         "latent_space": "toy-pixels",

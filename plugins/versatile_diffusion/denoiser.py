@@ -10,7 +10,6 @@ and transformers version (the processor's handling of float arrays is what makes
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from priorswap import Denoiser, LoadRequest, PriorswapError
+from priorswap.configs import read_json
 from priorswap.errors import WeightsUnavailable
 from priorswap.hub import folders_on_demand, load_component
 from priorswap.nullcache import cached_null
@@ -116,10 +116,6 @@ def encoder_folder(request: LoadRequest) -> Path:
         ) from None
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def load(request: LoadRequest) -> VersatileDiffusionDenoiser:
     from diffusers import UNet2DConditionModel
 
@@ -136,7 +132,7 @@ def load(request: LoadRequest) -> VersatileDiffusionDenoiser:
     null = cached_null(folder / "image_unet", key, encoder.blank)
     if request.role != "model":
         encoder.release()  # a prior costs only its UNet; autoguidance would load the encoder again
-    scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
+    scheduler_config = read_json(folder / "scheduler" / "scheduler_config.json", optional=True)
     if not scheduler_config:
         raise PriorswapError(f"{folder} has no scheduler/scheduler_config.json (the training noise schedule)")
     return VersatileDiffusionDenoiser(unet, encoder, null, scheduler_config, request)
@@ -151,10 +147,10 @@ def describe(folder: Path) -> dict:
             f"{folder} has no vae/config.json, so its latent space is unknown: add a registry entry for it "
             "with `latent_space` (see docs/registry.md)"
         )
-    ucfg = _read_json(folder / "image_unet" / "config.json")
+    ucfg = read_json(folder / "image_unet" / "config.json", optional=True)
     if not ucfg:
         raise PriorswapError(f"{folder} has no image_unet/config.json: it is not a Versatile Diffusion folder")
-    scfg = _read_json(folder / "scheduler" / "scheduler_config.json")
+    scfg = read_json(folder / "scheduler" / "scheduler_config.json", optional=True)
     space = describe_vae(folder / "vae")
     size = ucfg.get("sample_size") or DEFAULT_LATENT_SIZE
     size = size[0] if isinstance(size, list) else size

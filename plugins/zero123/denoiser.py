@@ -8,13 +8,13 @@ The hub folders name a community pipeline class that diffusers does not ship (kx
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from priorswap import Denoiser, DiscreteSchedule, LoadRequest, PriorswapError
+from priorswap.configs import read_json
 from priorswap.hub import PICKLE_SUFFIXES, load_component, load_state_dict
 from priorswap.vae import VaeDecoder, describe_vae
 
@@ -72,10 +72,6 @@ class Zero123Denoiser(Denoiser):
         }
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def _cc_state(folder: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
     """The cc_projection tensors from `folder` (safetensors first; a pickle only when allowed)."""
     from safetensors.torch import load_file
@@ -108,7 +104,7 @@ def load_cc_projection(folder: Path, allow_pickle: bool = False, dtype: torch.dt
     if not folder.is_dir():
         raise PriorswapError(f"{folder.parent} has no 'cc_projection' (or 'clip_camera_projection') folder: the "
                              "Zero-1-to-3 camera projection")
-    config = _read_json(folder / "config.json")
+    config = read_json(folder / "config.json", optional=True)
     if "embedding_dim" in config:  # CLIPCameraProjection: embedding_dim + additional_embeddings → embedding_dim
         n_out = int(config["embedding_dim"])
         n_in = n_out + int(config.get("additional_embeddings", 4))
@@ -168,7 +164,7 @@ def load(request: LoadRequest) -> Zero123Denoiser:
     conditioner = Conditioner(
         encoder.eval().requires_grad_(False).to(device), cc.to(device), VaeDecoder(vae.to(device), request.latent_space)
     )
-    scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
+    scheduler_config = read_json(folder / "scheduler" / "scheduler_config.json", optional=True)
     return Zero123Denoiser(unet.to(device), conditioner, scheduler_config, request)
 
 
@@ -176,12 +172,12 @@ def describe(folder: Path) -> dict:
     """Registry-entry fields for a local Zero-1-to-3 folder (diffusers layout with cc_projection/)."""
     from priorswap.loading import schedule_fields
 
-    ucfg = _read_json(folder / "unet" / "config.json")
+    ucfg = read_json(folder / "unet" / "config.json", optional=True)
     if ucfg.get("in_channels") != IN_CHANNELS:
         raise PriorswapError(
             f"{folder / 'unet'}: in_channels is {ucfg.get('in_channels')}, a Zero-1-to-3 UNet takes {IN_CHANNELS}"
         )
-    scfg = _read_json(folder / "scheduler" / "scheduler_config.json")
+    scfg = read_json(folder / "scheduler" / "scheduler_config.json", optional=True)
     space = describe_vae(folder / "vae")
     return {
         "latent_space": space,
