@@ -294,6 +294,8 @@ def problem(result: dict, limit_gib: float) -> str | None:
 
 
 def report(args: argparse.Namespace, cfg: dict, frames: int, base: dict, a: dict, b: dict, notes: list[str]) -> None:
+    from priorswap.provenance import formula
+
     counts = param_counts(cfg)
     width = 2 if args.dtype == "bf16" else 4
     latent = cfg["latent"]
@@ -306,8 +308,7 @@ def report(args: argparse.Namespace, cfg: dict, frames: int, base: dict, a: dict
         print(f"  {name:30s} {n:>15,d} parameters  {n * width / 2**30:6.2f} GiB")
     print(f"routes: {b['routes']}")
     for name, terms in b["rules"].items():
-        rule = " ".join(f"{'−' if w < 0 else '+'} {abs(w):g}·{role}({level})" for w, role, level in terms)
-        print(f"  {name}: x̂0 = {rule.removeprefix('+ ')}; forward passes per step {b['forward_calls'][name]}")
+        print(f"  {name}: x̂0 = {formula(terms)}; forward passes per step {b['forward_calls'][name]}")
     steps = b["steps"]
     print(f"timing in one process holding both networks: 1 warm-up step per rule, then {args.repeats} run(s) × "
           f"{args.steps} step(s) per rule, interleaved (n = {len(steps['dual-cfg'])} steps each); memory: peak RSS "

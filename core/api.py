@@ -14,8 +14,7 @@ from . import guidance as G
 from .adapters import Plan, plan_pair
 from .engine import Route, Sampler, StepInfo
 from .errors import IncompatiblePair, PriorswapError
-from .family import resolve_ref
-from .loading import Loaded, load, resolve
+from .loading import Loaded, load, resolve, task_of
 from .plugin_manager import Plugins, get_plugins
 from .provenance import run_record
 from .registry import Registry
@@ -238,11 +237,6 @@ def load_pair(
     if offload:
         for loaded in {id(x): x for x in (loaded_model, loaded_prior) if x is not None}.values():
             offload_denoiser(loaded.denoiser, device)
-    entry = model_res.entry
-    family = plugins.family(entry.plugin)
-    task_name = entry.task or family.default_task
-    if task_name is None or task_name not in plugins.tasks:
-        raise PriorswapError(f"no task '{task_name}' is registered for '{model}' (tasks: {', '.join(plugins.tasks)})")
-    task_cls = resolve_ref(plugins.tasks[task_name])
+    _, task_cls = task_of(model_res.entry, model, plugins)
     task = task_cls(loaded_model.denoiser, loaded_model.folder)
     return Pair(loaded_model, loaded_prior, plan, task, match, adapters)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -565,7 +566,7 @@ def info(
     """Show how a file was made: models and their pinned sources, guidance, steps, seed, inputs, command."""
     import json
 
-    from .provenance import dumps, read_record
+    from .provenance import dumps, formula, read_record
 
     records = [(path, read_record(path)) for path in files]  # every file checked before anything prints
     for path, rec in records:
@@ -576,7 +577,7 @@ def info(
         table.add_column("field", style="bold", no_wrap=True)
         table.add_column("value", overflow="fold")
         g = rec.get("guidance") or {}
-        terms = " + ".join(f"{t['weight']:g}·{t['role']}({t['level']})" for t in g.get("terms", []))
+        terms = formula([(t["weight"], t["role"], t["level"]) for t in g.get("terms", [])])
         rows = [
             ("model", _source_text(rec.get("model"))),
             ("prior", _source_text(rec.get("prior"))),
@@ -643,6 +644,15 @@ def main() -> None:
     from .plugin_manager import get_plugins
 
     get_plugins().add_commands(app)
+    show = warnings.showwarning
+
+    def show_ours(message, category, *args, **kwargs):  # priorswap's own warnings as one plain line
+        if category.__module__.startswith("priorswap"):
+            err.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+        else:
+            show(message, category, *args, **kwargs)
+
+    warnings.showwarning = show_ours
     try:
         code = app(standalone_mode=False)
     except PriorswapError as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import os
 import platform
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -16,6 +17,7 @@ PACKAGES = ("torch", "diffusers", "transformers", "huggingface_hub", "safetensor
 
 def report(console: Console, registry_files: list[str]) -> bool:
     """Prints the report; returns False when something is broken."""
+    from .family import resolve_ref
     from .plugin_manager import ENV, get_plugins
     from .registry import Registry
 
@@ -59,13 +61,31 @@ def report(console: Console, registry_files: list[str]) -> bool:
             console.print(f"[red]plugin {failure.plugin} failed in {stage}:[/] {failure.error}", soft_wrap=True)
         ok = False
 
+    refs = plugins.lazy_references()
+    broken_refs = 0
+    for plugin, what, ref in refs:
+        try:
+            resolve_ref(ref)
+        except PriorswapError as e:
+            console.print(f"[red]plugin {plugin}, {what}:[/] {e}", soft_wrap=True)
+            broken_refs += 1
+    if broken_refs:
+        ok = False
+    else:
+        console.print(f"Plugin references: [green]all {len(refs)} resolve[/]")
+
     try:
         reg = Registry.load(registry_files, plugins.registry_files)
         missing = sorted({e.plugin for e in reg.models.values()} - set(plugins.families))
         msg = f"[green]{len(reg.models)} models, {len(reg.latent_spaces)} latent spaces[/]"
         if missing:
-            msg += f"; [yellow]entries need plugins that are not loaded: {', '.join(missing)}[/]"
-        console.print(f"Registry: {msg}")
+            msg += f"; [yellow]entries need model families that no loaded plugin provides: {', '.join(missing)}[/]"
+        console.print(f"Registry: {msg}", soft_wrap=True)
+        for model_id, entry in reg.models.items():
+            path = entry.source.path
+            if path is not None and entry.source.package is None and not Path(path).expanduser().exists():
+                console.print(f"[yellow]Registry entry {model_id}: its source.path {path} does not exist[/]",
+                              soft_wrap=True)
     except PriorswapError as e:
         console.print(f"[red]Registry: {e}[/]")
         ok = False

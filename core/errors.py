@@ -25,6 +25,10 @@ class PluginError(PriorswapError):
     """A plugin is missing, or failed to import or register."""
 
 
+class RegistryMismatchWarning(UserWarning):
+    """A registry entry disagrees with the weights it loaded (their scheduler config)."""
+
+
 class MetricUnavailable(Exception):
     """A metric cannot be computed here (a package does not import, weights are not cached); `reason` says
     why. Not a PriorswapError: the evaluation goes on and reports the metric as skipped."""

@@ -8,17 +8,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import PluginError
+
 if TYPE_CHECKING:
     from .latents import LatentSpace
     from .registry import ModelEntry
 
 
 def resolve_ref(ref: Any) -> Any:
-    """A callable, or a lazy "package.module:attr" string imported on first use."""
-    if isinstance(ref, str):
-        module, _, attr = ref.partition(":")
-        return getattr(importlib.import_module(module), attr)
-    return ref
+    """A callable, or a lazy "package.module:attr" string imported on first use. A string that does not
+    resolve raises PluginError naming it (`priorswap doctor` checks every registered one)."""
+    if not isinstance(ref, str):
+        return ref
+    module, sep, attr = ref.partition(":")
+    if not sep or not module or not attr:
+        raise PluginError(f"the plugin reference {ref!r} is not of the form 'package.module:attr'; "
+                          "fix it in the plugin that registers it")
+    try:
+        value = importlib.import_module(module)
+    except ImportError as e:
+        raise PluginError(f"the plugin reference {ref!r} does not resolve: importing {module} failed "
+                          f"({type(e).__name__}: {e}); fix the plugin or install what it needs") from None
+    for part in attr.split("."):
+        if not hasattr(value, part):
+            raise PluginError(f"the plugin reference {ref!r} does not resolve: {module} has no attribute "
+                              f"{attr!r}; fix the string in the plugin that registers it") from None
+        value = getattr(value, part)
+    return value
 
 
 @dataclass

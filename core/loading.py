@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,12 +11,12 @@ from .adapters import PairSpec, Plan, plan_pair
 from .checkpoints import checkpoint_entry, split_ref
 from .configs import read_json
 from .denoiser import Denoiser
-from .errors import PriorswapError, RegistryError, WeightsUnavailable
+from .errors import PriorswapError, RegistryError, RegistryMismatchWarning, WeightsUnavailable
 from .family import LoadRequest, resolve_ref
 from .hub import fetch
 from .latents import LatentSpace
 from .plugin_manager import Plugins
-from .registry import ModelEntry, Registry, Source
+from .registry import ModelEntry, Registry, ScheduleSpec, Source
 from .task import Task
 
 
@@ -92,7 +93,10 @@ def resolve(ref: str, registry: Registry, plugins: Plugins, *, allow_pickle: boo
                 f"{ref} {what}: pass a registry id (`priorswap list`), a diffusers folder, or a checkpoint file "
                 "(.safetensors, .ckpt, .pt, .bin, optionally with #variant)"
             )
-        entry = registry.entry(ref)
+        try:
+            entry = registry.entry(ref)
+        except RegistryError as e:
+            raise RegistryError(f"{e}{plugins.hint()}") from None  # a failed plugin's ids are missing too
         ref_id = ref
     name, spec = registry.latent_space(entry)
     space = LatentSpace(
@@ -149,7 +153,30 @@ def load(
             f"could not load '{resolved.id}' ({entry.plugin}) from {folder}: {type(e).__name__}: {e}. The folder is "
             "incomplete or a file is damaged: download it again (or delete it from the cache) and retry"
         ) from e
+    disagreements = entry_disagreements(entry, denoiser)
+    if disagreements:
+        warnings.warn(
+            f"the registry entry of '{resolved.id}' disagrees with the scheduler config of its weights in {folder}: "
+            f"{'; '.join(disagreements)}. Sampling follows the weights; `pairs` and the run record describe the "
+            "entry: correct the entry", RegistryMismatchWarning, stacklevel=2,
+        )
     return Loaded(resolved, folder, denoiser)
+
+
+def entry_disagreements(entry: ModelEntry, denoiser: Any) -> list[str]:
+    """Where a registry entry's parameterization or schedule differs from the loaded denoiser's own."""
+    found = []
+    if denoiser.parameterization != entry.parameterization:
+        found.append(f"parameterization: entry {entry.parameterization}, weights {denoiser.parameterization}")
+    config = getattr(denoiser, "scheduler_config", None)
+    if config:
+        try:
+            actual = ScheduleSpec(**schedule_fields(config)).key()
+        except ValueError:  # a schedule the registry format cannot express: nothing to compare
+            return found
+        if actual != entry.schedule.key():
+            found.append(f"schedule: entry {entry.schedule.key()}, weights {actual}")
+    return found
 
 
 def task_for(
@@ -157,10 +184,17 @@ def task_for(
 ) -> tuple[str, type[Task]]:
     """The task name and class of a model (a registry id, local folder or checkpoint), without loading weights."""
     registry = Registry.load(registry_files, plugins.registry_files)
-    entry = resolve(model, registry, plugins, allow_pickle=allow_pickle).entry
+    return task_of(resolve(model, registry, plugins, allow_pickle=allow_pickle).entry, model, plugins)
+
+
+def task_of(entry: ModelEntry, model: str, plugins: Plugins) -> tuple[str, type[Task]]:
+    """The task name and class of a resolved entry (its own `task`, else its family's default)."""
     name = entry.task or plugins.family(entry.plugin).default_task
     if name is None or name not in plugins.tasks:
-        raise PriorswapError(f"no task '{name}' is registered for '{model}' (tasks: {', '.join(plugins.tasks)})")
+        raise PriorswapError(
+            f"no task '{name}' is registered for '{model}' (registered tasks: {', '.join(plugins.tasks) or 'none'}); "
+            f"the plugin that provides it may not be installed.{plugins.hint()}"
+        )
     return name, resolve_ref(plugins.tasks[name])
 
 

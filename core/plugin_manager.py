@@ -171,6 +171,19 @@ class Plugins:
         """One line per thing a plugin registered, for `priorswap doctor`."""
         return [f"{kind} {key}".strip() for p, kind, key, _ in self.items if p == plugin]
 
+    def lazy_references(self) -> list[tuple[str, str, str]]:
+        """(plugin, what, "module:attr") for every lazy string a plugin registered, for `priorswap doctor`."""
+        refs = []
+        for plugin, kind, key, value in self.items:
+            if kind == "family":
+                for attr in ("load", "describe", "convert", "describe_checkpoint"):
+                    ref = getattr(value, attr)
+                    if isinstance(ref, str):
+                        refs.append((plugin, f"family {key}: {attr}", ref))
+            elif kind in ("task", "golden", "evaluator") and isinstance(value, str):
+                refs.append((plugin, f"{kind} {key}", value))
+        return refs
+
     def _fail(self, plugin: str, stage: str, error: BaseException) -> None:
         self.failures.append(
             PluginFailure(plugin, stage, f"{type(error).__name__}: {error}", traceback.format_exc())

@@ -38,6 +38,12 @@ def _role(loaded: Any) -> dict[str, Any] | None:
     return {"id": loaded.id, "source": source, "dtype": str(loaded.denoiser.dtype).removeprefix("torch.")}
 
 
+def formula(terms: list[tuple[float, str, str]]) -> str:
+    """A guidance rule's weighted branches as text: "2·model(full) − 1·prior(null)"."""
+    text = " ".join(f"{'−' if w < 0 else '+'} {abs(w):g}·{role}({level})" for w, role, level in terms)
+    return text.removeprefix("+ ")
+
+
 def guidance_record(rule: Guidance) -> dict[str, Any]:
     """The rule's name, weighted branches, rescale φ and σ interval."""
     return {

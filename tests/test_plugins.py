@@ -1,6 +1,7 @@
 """Plugin discovery through entry points: failures are reported and the rest keeps working."""
 
 import importlib
+import re
 import sys
 import textwrap
 
@@ -66,8 +67,33 @@ def test_broken_plugins_are_reported_and_the_rest_works(broken_plugins, capsys):
     code, out, _ = run_cli(capsys, "doctor")
     assert code == 1
     assert "broken_import" in out and "broken on purpose" in out and "registration exploded" in out
+    flat = " ".join(out.split())
+    assert "plugin broken_hook, task half-working: the plugin reference 'nowhere:Task' does not resolve" in flat
     code, out, _ = run_cli(capsys, "list")
     assert code == 0 and "dit-xl-2-256" in out
+    # an id that a failed plugin might have registered: the error names the failures
+    code, _, err = run_cli(capsys, "sample", "--model", "tiny-from-a-broken-plugin", "--out", "x.png")
+    assert code == 2 and "unknown model id" in err and "broken_import" in err and "priorswap doctor" in err
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ("priorswap.family:resolve_ref", None),
+        ("priorswap.family:lod", "priorswap.family has no attribute 'lod'"),
+        ("priorswap.no_such_module:load", "importing priorswap.no_such_module failed (ModuleNotFoundError"),
+        ("priorswap.family", "is not of the form 'package.module:attr'"),
+    ],
+)
+def test_lazy_references_resolve_or_say_which_string_is_wrong(ref, message):
+    from priorswap.errors import PluginError
+    from priorswap.family import resolve_ref
+
+    if message is None:
+        assert resolve_ref(ref) is resolve_ref
+    else:
+        with pytest.raises(PluginError, match=re.escape(message)):
+            resolve_ref(ref)
 
 
 def test_env_var_restricts_plugins(broken_plugins, monkeypatch):

@@ -63,7 +63,7 @@ def test_a_record_redoes_its_image(written):
 
 def test_info_prints_a_record_and_its_json(written, capsys):
     code, out, _ = run_cli(capsys, "info", str(written / "grid.png"), str(written / "each" / "seed1-00.png"))
-    assert code == 0 and out.count("prior-swap") == 2 and "2.5·model(full) + -1.5·prior(null)" in out
+    assert code == 0 and out.count("prior-swap") == 2 and "2.5·model(full) − 1.5·prior(null)" in out
     code, out, _ = run_cli(capsys, "info", "--json", str(written / "grid.png"))
     assert code == 0 and json.loads(out) == read_record(written / "grid.png")
 

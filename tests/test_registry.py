@@ -164,3 +164,33 @@ def test_dit_priors_of_another_size_are_resampled(capsys, dit_folder):
     code, out, err = run_cli(capsys, "pairs", "dit-xl-2-512", "--prior", "dit-xl-2-256")
     assert code == 0 and "resample: the prior runs at 32×32 latents" in " ".join(out.split()), err
     assert resolve(str(dit_folder), reg, plugins).entry.fixed_size
+
+
+def test_an_entry_that_contradicts_its_weights_warns(tmp_path, dit_folder):
+    import priorswap
+    from priorswap.errors import RegistryMismatchWarning
+    from priorswap.loading import entry_disagreements
+
+    reg = write(tmp_path, f"""
+        version: 1
+        models:
+          mislabelled:
+            plugin: dit
+            source: {{path: {dit_folder}}}
+            latent_space: sd-kl-f8
+            resolution: 64
+            parameterization: v_prediction
+            schedule: {{beta_schedule: scaled_linear, beta_start: 0.00085, beta_end: 0.012}}
+          labelled:
+            plugin: dit
+            source: {{path: {dit_folder}}}
+            latent_space: sd-kl-f8
+            resolution: 64
+    """)
+    with pytest.warns(RegistryMismatchWarning, match="'mislabelled'") as caught:
+        pair = priorswap.load_pair("mislabelled", registry_files=[str(reg)])
+    message = str(caught[0].message)
+    assert "parameterization: entry v_prediction, weights epsilon" in message and "schedule: entry" in message
+    plain = priorswap.load_pair("labelled", registry_files=[str(reg)])
+    assert entry_disagreements(plain.model.resolved.entry, plain.model.denoiser) == []
+    assert len(entry_disagreements(pair.model.resolved.entry, pair.model.denoiser)) == 2
