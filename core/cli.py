@@ -24,7 +24,7 @@ app = typer.Typer(
 )
 # piped (not a terminal): wide enough that tables keep one row per line instead of 80 folded columns
 console = Console() if sys.stdout.isatty() or os.environ.get("COLUMNS") else Console(width=160)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # messages stay one line each when stderr is piped
 
 MODEL_HELP = "Fine-tuned model: registry id, local diffusers folder or checkpoint file (FILE[#variant])."
 PRIOR_HELP = "Prior: registry id, local folder or checkpoint file (omit for plain CFG)."
@@ -76,9 +76,12 @@ def pairs(
     registry: RegistryOpt = None,
 ) -> None:
     """Show which priors pair with MODEL and the adapters that would be inserted."""
+    from . import checks
     from .adapters import plan_pair
+    from .api import MATCHES
     from .loading import compatible_priors, resolve
 
+    checks.one_of(match, "--match", MATCHES)
     reg, plugins = _registry(registry)
     if prior is not None:
         plans = [plan_pair(resolve(model, reg, plugins, allow_pickle=allow_pickle).spec(),
@@ -136,9 +139,7 @@ def _ints(text: str, option: str) -> list[int]:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise PriorswapError(f"{option} takes comma-separated integers, got '{text}'") from None
-    if not values:
-        raise PriorswapError(f"{option} needs at least one value")
-    return values
+    return _distinct(values, option)
 
 
 def _task_inputs(task: Any, raw: dict[str, list[str]]) -> Any:
@@ -286,7 +287,7 @@ def sample(
         records += [{**result.record, "index": i, "command": command} for i in range(result.latents.shape[0])]
     from .media import all_or_nothing, save_grid, save_images, write_atomic_safetensors
 
-    with all_or_nothing() as written:  # a failed write removes the files this run already wrote
+    with all_or_nothing((out_dir,)) as written:  # a failed write removes the files this run already wrote
         if save_latents is not None:
             write_atomic_safetensors(save_latents, {"latents": torch.cat(latents)})
             written.append(save_latents)
@@ -371,8 +372,17 @@ def _floats(text: str, option: str) -> list[float]:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise PriorswapError(f"{option} takes comma-separated numbers, got '{text}'") from None
+    return _distinct(values, option)
+
+
+def _distinct(values: list, option: str) -> list:
+    """The values of a list option, each at most once (a repeat would overwrite a file or pool the same
+    samples twice)."""
     if not values:
         raise PriorswapError(f"{option} needs at least one value")
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise PriorswapError(f"{option} repeats {', '.join(repeated)}: give each value once")
     return values
 
 
@@ -465,6 +475,7 @@ def eval_(
     priors = [p.strip() for item in prior for p in item.split(",") if p.strip()]
     if not priors:
         raise PriorswapError("--prior needs at least one value ('none' for plain CFG)")
+    _distinct(priors, "--prior")
     dataset_only = {"--limit": limit, "--clip": clip, "--samples-per-item": samples_per_item, "--metrics": metrics}
     if data is None and any(v is not None for v in dataset_only.values()):
         given = ", ".join(k for k, v in dataset_only.items() if v is not None)

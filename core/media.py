@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import PriorswapError
+
 
 def write_atomic(path: Path, write) -> None:
     """Writes through a temporary file in the same folder, so a failure leaves no half-written file."""
@@ -31,15 +33,25 @@ def write_atomic(path: Path, write) -> None:
 
 
 @contextlib.contextmanager
-def all_or_nothing() -> Iterator[list[Path]]:
-    """Collects the paths a run writes; if the block fails, removes them, so a failed run leaves no outputs."""
+def all_or_nothing(folders: tuple[Path | None, ...] = ()) -> Iterator[list[Path]]:
+    """Collects the paths a run writes; if the block fails, removes them (and those of `folders` that did
+    not exist before and are left empty), so a failed run leaves no outputs. A failed write (OSError)
+    becomes a PriorswapError naming the file."""
     written: list[Path] = []
+    new_folders = [f for f in folders if f is not None and not f.exists()]
     try:
         yield written
-    except BaseException:
+    except BaseException as e:
         for path in written:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+        for folder in new_folders:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
+        if isinstance(e, OSError):
+            where = f" {e.filename}" if e.filename else ""
+            raise PriorswapError(f"could not write{where}: {e.strerror or e}; the outputs of this run were "
+                                 "removed") from e
         raise
 
 

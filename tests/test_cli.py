@@ -52,6 +52,7 @@ def test_sample_writes_png_and_latents(tmp_path, capsys, dit_folder, dit_prior_f
         (["--method", "prior-swap", "--class-label", "1"], "needs a prior"),
         (["--class-label", "1", "--interval", "3"], "LO,HI"),
         (["--class-label", "1", "--dtype", "fp8"], "--dtype takes fp32, fp16 or bf16"),
+        (["--class-label", "1", "--seeds", "0,1,0"], "--seeds repeats 0: give each value once"),
         (["--class-label", "1", "--autocast", "int8"], "--autocast takes fp32, fp16 or bf16"),
         (["--class-label", "1", "--seeds", "1,x"], "--seeds takes comma-separated integers"),
         (["--class-label", "1", "--num-samples", "0"], "--num-samples must be at least 1"),
@@ -96,12 +97,19 @@ def test_outputs_are_checked_before_loading_and_a_failed_run_leaves_none(tmp_pat
         assert code == 2 and message in " ".join(err.split()), (args, err)
         assert "loading" not in err  # refused before any weights load
     # a write that fails after others succeeded removes them: no partial set of outputs
-    monkeypatch.setattr(priorswap.media, "save_grid", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
-    lat = tmp_path / "z.safetensors"
-    with pytest.raises(OSError, match="disk full"):
-        run_cli(capsys, "sample", "--model", str(dit_folder), "--class-label", "1", "--steps", "2",
-                "--save-latents", str(lat), "--out", str(tmp_path / "g.png"), "--out-dir", str(tmp_path / "each"))
-    assert not lat.exists() and not (tmp_path / "g.png").exists()
+    real_write = priorswap.media.write_atomic
+
+    def disk_full(path, write):  # everything before the last image is written, then the disk is full
+        if path.name == "seed1-00.png":
+            raise OSError(28, "No space left on device", str(path))
+        real_write(path, write)
+
+    monkeypatch.setattr(priorswap.media, "write_atomic", disk_full)
+    lat, grid, each = tmp_path / "z.safetensors", tmp_path / "g.png", tmp_path / "each"
+    code, _, err = run_cli(capsys, "sample", "--model", str(dit_folder), "--class-label", "1", "--steps", "2",
+                           "--seeds", "0,1", "--save-latents", str(lat), "--out", str(grid), "--out-dir", str(each))
+    assert code == 2 and "could not write" in err and "No space left on device" in err and "Traceback" not in err
+    assert not lat.exists() and not grid.exists() and not each.exists()
 
 
 def test_a_single_value_option_given_twice_is_refused(capsys, tmp_path):
@@ -254,3 +262,15 @@ def test_tasks_lists_the_options_of_a_models_task(capsys):
     assert code == 0 and all(f"task {name}" in out for name in ("toy-class", "toy-view", "toy-edit", "novel-view"))
     code, _, err = run_cli(capsys, "tasks", "--model", "no-such-model")
     assert code == 2 and "unknown model id" in err
+
+
+def test_list_options_refuse_repeats_and_pairs_checks_match(capsys):
+    for args, message in (
+        (["--seeds", "0,0"], "--seeds repeats 0"),
+        (["--guidance", "2,2.0"], "--guidance repeats 2.0"),
+        (["--prior", "toy-digits-base,toy-digits-base"], "--prior repeats toy-digits-base"),
+    ):
+        code, _, err = run_cli(capsys, "eval", "--model", "toy-digits-class", "--steps", "2", *args)
+        assert code == 2 and message in err, (args, err)
+    code, _, err = run_cli(capsys, "pairs", "toy-digits-class", "--prior", "toy-digits-dit-v", "--match", "foo")
+    assert code == 2 and "--match" in err and "continuous" in err

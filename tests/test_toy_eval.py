@@ -119,3 +119,45 @@ def test_results_page_renders_from_saved_numbers_with_verdict_counts(tmp_path):
     assert "| toy-digits-edit | swap:toy-digits-dit-v (no adapters) | 0 | 4 | 0 |" in page
     assert "At least one swap beat CFG" in page and "worse than CFG in 0 of 12" in page
     assert (tmp_path / "results-toy" / "toy-digits-view.png").stat().st_size > 1000
+
+
+def _view_dataset(folder, shuffle_targets: bool):
+    """Four held-out digits with their true rotations as targets (or, shuffled, another item's rotation)."""
+    from PIL import Image
+
+    from priorswap.plugins.toy import data
+
+    folder.mkdir()
+    digits, _ = data.load_digits16("test")
+    angles = [30.0, -30.0, 20.0, -20.0]
+
+    def save(t, name):
+        Image.fromarray(((t.clamp(-1, 1) + 1) * 127.5).round().byte().squeeze().numpy(), "L").save(folder / name)
+
+    lines = []
+    for i, angle in enumerate(angles):
+        save(digits[i : i + 1], f"src{i}.png")
+        save(data.rotate(digits[i : i + 1], torch.tensor([angle])), f"tgt{i}.png")
+    for i, angle in enumerate(angles):
+        target = f"tgt{(i + 1) % 4 if shuffle_targets else i}.png"
+        lines.append(json.dumps({"id": f"d{i}", "image": [f"src{i}.png"], "angle": angle, "target": target}))
+    (folder / "items.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_eval_data_on_the_toy_view_model_measures_against_each_items_target(tmp_path, capsys):
+    psnr = {}
+    for shuffled in (False, True):
+        folder = _view_dataset(tmp_path / f"data-{shuffled}", shuffled)
+        out = tmp_path / f"out-{shuffled}"
+        code, _, err = run_cli(capsys, "eval", "--model", "toy-digits-view", "--prior", "none,toy-digits-base",
+                               "--data", str(folder), "--steps", "6", "--guidance", "2", "--out", str(out))
+        assert code == 0, err
+        results = json.loads((out / "results.json").read_text())
+        assert results["metrics"] == ["psnr", "ssim"] and results["item_ids"] == ["d0", "d1", "d2", "d3"]
+        by_method = {r["method"]: r["metrics"] for r in results["records"]}
+        assert set(by_method) == {"cfg", "swap:toy-digits-base"}
+        psnr[shuffled] = {m: v["psnr"]["value"] for m, v in by_method.items()}
+        assert (out / "samples.png").is_file() and "| psnr ↑ | ssim ↑ |" in (out / "results.md").read_text()
+    # the samples resemble their own item's rotated digit, not another item's
+    assert all(psnr[False][m] > psnr[True][m] + 5 for m in psnr[False]), psnr

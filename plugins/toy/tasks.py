@@ -108,6 +108,7 @@ class ToyViewTask(Task):
 
     name = "toy-view"
     Inputs = ToyViewInputs
+    metrics = ("psnr", "ssim")  # `priorswap eval --data DIR` against the true rotated digits (offline)
 
     def batch_size(self, inputs: ToyViewInputs) -> int:
         return inputs.count()
