@@ -19,7 +19,7 @@ show where a difference comes from.
         [--samples 1]
 
 `--samples N` draws N samples per run (pair.sample's num_samples): CFG's forward then has 2N rows and
-each swap forward N. The target applies at every N; the default is one sample, the paper's setting.
+each swap forward N. The target applies at every N; the default is one sample.
 
 `--tiny` runs the same on tiny configs in seconds: a smoke test, where per-step Python overhead
 dominates (diagnostic only, no target). Exit status: 0 PASS, 1 FAIL.

@@ -663,23 +663,24 @@ def main() -> None:
         else:
             show(message, category, *args, **kwargs)
 
-    warnings.showwarning = show_ours
-    try:
-        code = app(standalone_mode=False)
-    except PriorswapError as e:
-        err.print(f"[red]error:[/] {e}")
-        sys.exit(2)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        err.print("aborted")
-        sys.exit(1)
-    except Exception as e:
-        # typer >= 0.20 vendors click (typer._click); match either copy by class name
-        if any(c.__name__ == "ClickException" for c in type(e).__mro__):
-            e.show()
+    with warnings.catch_warnings():  # restores showwarning when main returns (tests call main repeatedly)
+        warnings.showwarning = show_ours
+        try:
+            code = app(standalone_mode=False)
+        except PriorswapError as e:
+            err.print(f"[red]error:[/] {e}")
             sys.exit(2)
-        raise
+        except typer.Exit as e:
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            err.print("aborted")
+            sys.exit(1)
+        except Exception as e:
+            # typer >= 0.20 vendors click (typer._click); match either copy by class name
+            if any(c.__name__ == "ClickException" for c in type(e).__mro__):
+                e.show()
+                sys.exit(2)
+            raise
     sys.exit(code if isinstance(code, int) else 0)
 
 

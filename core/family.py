@@ -32,7 +32,7 @@ def resolve_ref(ref: Any) -> Any:
     for part in attr.split("."):
         if not hasattr(value, part):
             raise PluginError(f"the plugin reference {ref!r} does not resolve: {module} has no attribute "
-                              f"{attr!r}; fix the string in the plugin that registers it") from None
+                              f"{attr!r}; fix the string in the plugin that registers it")
         value = getattr(value, part)
     return value
 
