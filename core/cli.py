@@ -246,11 +246,8 @@ def sample(
     import torch
 
     from .api import load_pair
-    from .loading import task_for
-    from .plugin_manager import get_plugins
 
-    _, task_cls = task_for(model, registry or [], get_plugins(), allow_pickle=allow_pickle)
-    _check_input_files(_task_inputs(task_cls, raw))  # the task's inputs, before any weights load
+    _check_task_inputs(model, raw, registry, allow_pickle)  # before any weights load
 
     with err.status(f"loading {model}" + (f" and {prior}" if prior else "")):
         pair = load_pair(
@@ -287,14 +284,15 @@ def sample(
         records += [{**result.record, "index": i, "command": command} for i in range(result.latents.shape[0])]
     from .media import all_or_nothing, save_grid, save_images, write_atomic_safetensors
 
+    # the grid's and the latents' record: every seed, and the samples' names in row order
+    batch_record = {**records[0], "seed": seed_list if len(seed_list) > 1 else seed_list[0], "index": None,
+                    "images": names}
     with all_or_nothing((out_dir,)) as written:  # a failed write removes the files this run already wrote
         if save_latents is not None:
-            write_atomic_safetensors(save_latents, {"latents": torch.cat(latents)})
+            write_atomic_safetensors(save_latents, {"latents": torch.cat(latents)}, record=batch_record)
             written.append(save_latents)
         if out is not None:
-            grid_record = {**records[0], "seed": seed_list if len(seed_list) > 1 else seed_list[0], "index": None,
-                           "images": names}
-            save_grid(torch.cat(images), out, record=grid_record)
+            save_grid(torch.cat(images), out, record=batch_record)
             written.append(out)
         if out_dir is not None:
             written += save_images(torch.cat(images), out_dir, names, records)
@@ -306,8 +304,22 @@ def sample(
         err.print(f"{len(names)} images → {out_dir}/")
 
 
+def _check_task_inputs(model: str, raw: dict[str, list[str]], registry: list[str] | None, allow_pickle: bool) -> None:
+    """The task options of `sample` validated, their files checked and the task's `check_inputs` run against
+    the model's entry: everything a typo can break, without loading weights."""
+    from .loading import resolve, task_of
+
+    reg, plugins = _registry(registry)
+    resolved = resolve(model, reg, plugins, allow_pickle=allow_pickle)
+    _, task_cls = task_of(resolved.entry, model, plugins)
+    inputs = _task_inputs(task_cls, raw)
+    _check_input_files(inputs)
+    task_cls.check_inputs(inputs, resolved.entry)
+
+
 def _check_input_files(inputs: Any) -> None:
-    """Every file a task input names exists and is a file."""
+    """Every file a task input names exists and is a file (inputs typed `ImageFile` are checked as they
+    validate; this covers plain `Path` fields)."""
     for name, value in inputs:
         for item in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(item, Path) and not item.is_file():
@@ -386,11 +398,36 @@ def _distinct(values: list, option: str) -> list:
     return values
 
 
+_TYPE_NAMES = ((bool, "BOOLEAN"), (int, "INTEGER"), (float, "FLOAT"), (str, "TEXT"), (os.PathLike, "PATH"))
+
+
 def _type_text(annotation: Any) -> str:
+    """A task input's type as `--help` shows option types: INTEGER, FLOAT, TEXT, PATH; `X...` for an option
+    that repeats (a list), `[X]` for one that may be left out (None), `a|b` for a choice."""
+    import enum
+    import types
     import typing
 
-    text = getattr(annotation, "__name__", None) if typing.get_origin(annotation) is None else None
-    return text or str(annotation).replace("typing.", "").replace("pathlib.", "")
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_text(args[0])
+    if origin in (typing.Union, types.UnionType):
+        kinds = [a for a in args if a is not type(None)]
+        text = " | ".join(_type_text(a) for a in kinds)
+        return f"[{text}]" if len(kinds) < len(args) else text
+    if origin in (list, tuple, set, frozenset):
+        items = [a for a in args if a is not Ellipsis]
+        return (_type_text(items[0]) if items else "VALUE") + "..."
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in args)
+    if isinstance(annotation, type):
+        if issubclass(annotation, enum.Enum):
+            return "|".join(str(m.value) for m in annotation)
+        for kind, name in _TYPE_NAMES:
+            if issubclass(annotation, kind):
+                return name
+        return annotation.__name__.upper()
+    return str(annotation).replace("typing.", "")
 
 
 @app.command()
@@ -571,10 +608,11 @@ def _source_text(role: dict | None) -> str:
 
 @app.command()
 def info(
-    files: Annotated[list[Path], typer.Argument(help="PNG, GIF or MP4 files written by priorswap.")],
+    files: Annotated[list[Path], typer.Argument(help="PNG, GIF, MP4 or safetensors files written by priorswap.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON record(s), one per line.")] = False,
 ) -> None:
-    """Show how a file was made: models and their pinned sources, guidance, steps, seed, inputs, command."""
+    """Show how a file was made: models and their pinned sources, guidance, steps, seed, device, inputs (with
+    their files' sha256), command."""
     import json
 
     from .provenance import dumps, formula, read_record
@@ -601,8 +639,14 @@ def info(
              + (f", autocast {rec['autocast']}" if rec.get("autocast") else "")),
             ("task", str(rec.get("task"))),
             ("inputs", json.dumps(rec.get("inputs"), ensure_ascii=False)),
-            ("priorswap", str(rec.get("priorswap"))),
         ]
+        if rec.get("input_sha256"):
+            rows.append(("input files", "; ".join(
+                f"{name}: sha256 {', '.join(map(str, v)) if isinstance(v, list) else v}"
+                for name, v in rec["input_sha256"].items())))
+        if rec.get("device"):
+            rows.append(("device", f"{rec['device']}, torch {rec.get('torch')}"))
+        rows.append(("priorswap", str(rec.get("priorswap"))))
         if rec.get("command"):
             rows.append(("command", rec["command"]))
         for row in rows:

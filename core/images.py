@@ -27,6 +27,27 @@ def open_image(path: str | Path, mode: str | None = "RGB"):
         raise PriorswapError(f"{path} is a damaged image ({e})") from None
 
 
+def check_image_file(path: str | Path) -> Path:
+    """`path` (with ~ expanded) when it is a file whose header PIL recognises as an image; reads the header only.
+
+    Raises ValueError naming the file otherwise (a pydantic validator: see `priorswap.task.ImageFile`)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not an image file")
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist")
+    try:
+        with Image.open(path):
+            pass
+    except UnidentifiedImageError:
+        raise ValueError(f"{path} is not an image file PIL can read") from None
+    except OSError as e:
+        raise ValueError(f"{path} cannot be read ({e.strerror or e})") from None
+    return path
+
+
 def load_image(path: str | Path, size: int | tuple[int, int] | None = None, mode: str = "RGB") -> torch.Tensor:
     """(1, C, H, W) float32 in [-1, 1] from an image file; `size` resizes (bicubic) to size×size or (H, W)."""
     from PIL import Image

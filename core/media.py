@@ -55,10 +55,15 @@ def all_or_nothing(folders: tuple[Path | None, ...] = ()) -> Iterator[list[Path]
         raise
 
 
-def write_atomic_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+def write_atomic_safetensors(path: Path, tensors: dict[str, torch.Tensor], record: dict | None = None) -> None:
+    """Saves `tensors` as safetensors (atomically), with the run `record` in the header's metadata when given
+    (`priorswap.provenance`)."""
     from safetensors.torch import save_file
 
-    write_atomic(path, lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp))
+    from .provenance import safetensors_metadata
+
+    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    write_atomic(path, lambda tmp: save_file(cpu, tmp, metadata=safetensors_metadata(record)))
 
 
 def to_grid(images: torch.Tensor, columns: int | None = None, pad: int = 2) -> torch.Tensor:

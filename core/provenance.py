@@ -1,13 +1,15 @@
-"""What made an output: a JSON run record embedded in the PNG, GIF and MP4 files priorswap writes.
+"""What made an output: a JSON run record embedded in the PNG, GIF, MP4 and safetensors files priorswap writes.
 
 A record names the model and prior with their sources (repo and pinned revision, or folder), the
-guidance rule and its weights, steps, scheduler, η, seed, dtypes, the task inputs and, from the CLI,
-the command line. PNG keeps it in a text chunk, GIF in its comment, MP4 in the `comment` tag;
-`read_record` (and `priorswap info FILE`) reads it back.
+guidance rule and its weights, steps, scheduler, η, seed, dtypes, the device and torch version, the
+task inputs with the sha256 of every input file and, from the CLI, the command line. PNG keeps it in a
+text chunk, GIF in its comment, MP4 in the `comment` tag, safetensors (`--save-latents`) in its header's
+metadata under `priorswap`; `read_record` (and `priorswap info FILE`) reads it back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import sys
@@ -54,15 +56,55 @@ def guidance_record(rule: Guidance) -> dict[str, Any]:
     }
 
 
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def input_hashes(inputs: TaskInputs) -> dict[str, Any]:
+    """The sha256 of every file the task inputs name, by field: a hash for a path, a list (in order) for a
+    list of paths; fields without files are left out (as are paths that name no file)."""
+    def one(value: Any) -> str | None:
+        return file_sha256(value) if isinstance(value, Path) and value.expanduser().is_file() else None
+
+    out: dict[str, Any] = {}
+    for name, value in inputs:
+        if isinstance(value, (list, tuple)):
+            hashes = [one(v) for v in value]
+            if any(h is not None for h in hashes):
+                out[name] = hashes
+        elif one(value) is not None:
+            out[name] = one(value)
+    return out
+
+
+def _device(denoiser: Any) -> str:
+    """"cpu", "cuda:0", ...: the device the networks ran on, with its index."""
+    import torch
+
+    device = torch.device(getattr(denoiser, "device", "cpu"))
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    return str(device)
+
+
 def run_record(
     pair: Pair, rule: Guidance, inputs: TaskInputs, *, steps: int, scheduler: str, eta: float, seed: int,
     num_samples: int, autocast: Any = None,
 ) -> dict[str, Any]:
     """The facts of one `Pair.sample` call, JSON-ready."""
+    import torch
+
     from . import __version__
 
     return {
         "priorswap": __version__,
+        "torch": torch.__version__,
+        "device": _device(pair.model.denoiser),
         "task": pair.task.name,
         "model": _role(pair.model),
         "prior": _role(pair.prior),
@@ -75,6 +117,7 @@ def run_record(
         "num_samples": num_samples,
         "autocast": str(autocast).removeprefix("torch.") if autocast is not None else None,
         "inputs": inputs.model_dump(mode="json"),
+        "input_sha256": input_hashes(inputs),
     }
 
 
@@ -102,6 +145,11 @@ def dumps(record: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=True, separators=(",", ":"), sort_keys=False)
 
 
+def safetensors_metadata(record: dict[str, Any] | None) -> dict[str, str] | None:
+    """The safetensors header metadata (str → str) carrying the record (None when there is no record)."""
+    return None if record is None else {KEY: dumps(record)}
+
+
 def png_info(record: dict[str, Any] | None):
     """A PIL PngInfo carrying the record (None when there is no record)."""
     if record is None:
@@ -126,7 +174,7 @@ def _parse(text: str | bytes | None, path: Path) -> dict[str, Any]:
 
 
 def read_record(path: str | Path) -> dict[str, Any]:
-    """The run record embedded in a PNG, GIF or MP4 that priorswap wrote."""
+    """The run record embedded in a PNG, GIF, MP4 or safetensors file that priorswap wrote."""
     path = Path(path)
     if not path.is_file():
         raise PriorswapError(f"{path} does not exist")
@@ -151,5 +199,14 @@ def read_record(path: str | Path) -> dict[str, Any]:
         except av.error.FFmpegError as e:
             raise PriorswapError(f"{path} is not a readable MP4 file: {e}") from None
         return _parse(text, path)
+    if suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                metadata = f.metadata() or {}
+        except (SafetensorError, OSError) as e:
+            raise PriorswapError(f"{path} is not a readable safetensors file: {e}") from None
+        return _parse(metadata.get(KEY), path)
     kind = suffix or "files without a suffix"
-    raise PriorswapError(f"{path}: records are kept in .png, .gif and .mp4 files, not {kind}")
+    raise PriorswapError(f"{path}: records are kept in .png, .gif, .mp4 and .safetensors files, not {kind}")

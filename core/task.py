@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Annotated, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, ClassVar
 
 import torch
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from .conditions import Condition
 from .denoiser import Denoiser
 from .guidance import Level
+from .images import check_image_file
+
+if TYPE_CHECKING:
+    from .registry import ModelEntry
 
 
 def _one_or_many(value: object) -> object:
@@ -19,6 +24,33 @@ def _one_or_many(value: object) -> object:
 
 Prompts = Annotated[list[str], BeforeValidator(_one_or_many), Field(min_length=1)]
 """A task input of one or more prompts (a single string is a list of one); `--prompt` repeats on the CLI."""
+
+
+ImageFile = Annotated[Path, AfterValidator(check_image_file)]
+"""A task input naming an image file: it must exist and PIL must recognise its header (only the header is
+read), so a mistyped `--image` is refused when the inputs validate, before any weights load."""
+
+
+def model_file(entry: ModelEntry, relative: str) -> Path | None:
+    """A file of the model's folder (e.g. "transformer/config.json") when it is on this machine without a
+    download: in a local folder, or in the Hugging Face cache at the pinned revision; else None (not cached
+    yet, or a single checkpoint that is converted on load). For `Task.check_inputs`."""
+    from .errors import WeightsUnavailable
+    from .hub import fetch
+
+    source = entry.source
+    if source.file is not None:
+        return None
+    if source.path is not None:
+        try:
+            path = fetch(source) / relative
+        except WeightsUnavailable:
+            return None
+        return path if path.is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(source.repo, relative, revision=source.revision)
+    return Path(found) if isinstance(found, str) else None
 
 
 class TaskInputs(BaseModel):
@@ -43,6 +75,13 @@ class Task(ABC):
     def __init__(self, model: Denoiser, folder: object = None) -> None:
         self.model = model
         self.folder = folder
+
+    @classmethod
+    def check_inputs(cls, inputs: TaskInputs, entry: ModelEntry) -> None:
+        """Checks `inputs` against what is known of the model before its weights load (its registry entry;
+        configs through `model_file`); raises PriorswapError. `priorswap sample` calls it before loading.
+        The default checks nothing; `conditions` must still check what this could not know."""
+        return None
 
     @abstractmethod
     def batch_size(self, inputs: TaskInputs) -> int:

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from typing import Annotated
 
 import pytest
 import torch
@@ -274,3 +275,115 @@ def test_list_options_refuse_repeats_and_pairs_checks_match(capsys):
         assert code == 2 and message in err, (args, err)
     code, _, err = run_cli(capsys, "pairs", "toy-digits-class", "--prior", "toy-digits-dit-v", "--match", "foo")
     assert code == 2 and "--match" in err and "continuous" in err
+
+
+# ---- task inputs checked before any weights load ---------------------------------------------------------
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Loading weights fails the test: what it guards must be refused before."""
+    import priorswap.api
+    import priorswap.loading
+
+    def loaded(*args, **kwargs):
+        pytest.fail("weights loaded before the inputs were checked")
+
+    monkeypatch.setattr(priorswap.api, "load_pair", loaded)
+    monkeypatch.setattr(priorswap.loading, "load", loaded)
+
+
+@pytest.mark.parametrize(
+    ("model", "args", "message"),
+    [
+        ("toy-digits-view", ["--image", "{tmp}/missing.png"], "--image (value 1): {tmp}/missing.png does not exist"),
+        ("toy-digits-view", ["--image", "{tmp}/notes.png"], "{tmp}/notes.png is not an image file PIL can read"),
+        ("toy-digits-edit", ["--image", "{tmp}"], "{tmp} is a folder, not an image file"),
+        ("toy-digits-edit", ["--source-index", "2", "--image", "{tmp}/notes.png"], "not an image file PIL can read"),
+        ("toy-digits-view", ["--source-index", "360"], "--source-index (value 1): Input should be less than 360"),
+        ("toy-digits-view", ["--source-index", "4", "--source-index", "-1"],
+         "--source-index (value 2): Input should be greater than or equal to 0"),
+        ("toy-digits-class", ["--class-label", "10"], "--class-label (value 1): Input should be less than 10"),
+    ],
+)
+def test_a_mistyped_task_input_is_refused_before_any_weights_load(tmp_path, capsys, no_loading, model, args,
+                                                                  message):
+    (tmp_path / "notes.png").write_text("not a picture")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    out = tmp_path / "out.png"
+    code, _, err = run_cli(capsys, "sample", "--model", model, "--steps", "2", "--out", str(out), *args)
+    err = " ".join(err.split())
+    assert code == 2 and message.replace("{tmp}", str(tmp_path)) in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_the_toy_source_range_is_the_held_out_split():
+    from priorswap.plugins.toy import data
+    from priorswap.plugins.toy.tasks import TEST_DIGITS, ToyViewInputs
+
+    assert len(data.load_digits16("test")[0]) == TEST_DIGITS
+    assert ToyViewInputs(source_index=[TEST_DIGITS - 1]).source_index == [TEST_DIGITS - 1]
+
+
+def test_every_image_input_of_every_task_is_checked_as_it_validates(tmp_path):
+    """Fields named `image` or `..._image` of all registered tasks (Zero-1-to-3, InstructPix2Pix, Versatile
+    Diffusion, DynamiCrafter, the toy tasks) refuse a file that is not an image and accept one that is."""
+    from PIL import Image
+    from pydantic import TypeAdapter, ValidationError
+
+    from priorswap.family import resolve_ref
+    from priorswap.plugin_manager import get_plugins
+
+    notes, picture = tmp_path / "notes.png", tmp_path / "ok.png"
+    notes.write_text("not a picture")
+    Image.new("RGB", (8, 8)).save(picture)
+    checked = set()
+    for name, ref in get_plugins().tasks.items():
+        for field_name, field in resolve_ref(ref).Inputs.model_fields.items():
+            if field_name != "image" and not field_name.endswith("_image"):
+                continue
+            kind = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+            adapter = TypeAdapter(kind)
+            many = "list" in str(field.annotation)
+            assert adapter.validate_python([picture] if many else picture) is not None
+            with pytest.raises(ValidationError, match="not an image file PIL can read"):
+                adapter.validate_python([notes] if many else notes)
+            checked.add(name)
+    assert {"novel-view", "novel-view-stable", "instruct-pix2pix", "image-variation", "image-to-video",
+            "toy-view", "toy-edit"} <= checked
+
+
+def test_dit_class_labels_are_checked_against_the_networks_config_before_loading(tmp_path, capsys, dit_folder,
+                                                                                no_loading, monkeypatch):
+    import json
+
+    import huggingface_hub.constants
+
+    out = tmp_path / "o.png"
+    for args, message in ((["--class-label", "3", "--class-label", "1000"], "class labels must be in [0, 999]"),
+                          (["--class-label", "-1"], "--class-label (value 1): Input should be greater than")):
+        code, _, err = run_cli(capsys, "sample", "--model", str(dit_folder), "--out", str(out), *args)
+        assert code == 2 and message in " ".join(err.split()), err
+    # a registry model whose config is in the Hugging Face cache at the pinned revision: checked the same way
+    entry = priorswap.Registry.load([], priorswap.get_plugins().registry_files).entry("dit-xl-2-256")
+    snapshot = (tmp_path / "hub" / f"models--{entry.source.repo.replace('/', '--')}" / "snapshots"
+                / entry.source.revision / "transformer")
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps({"num_embeds_ada_norm": 12}))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    code, _, err = run_cli(capsys, "sample", "--model", "dit-xl-2-256", "--class-label", "12", "--out", str(out))
+    assert code == 2 and "class labels must be in [0, 11], got [12]" in " ".join(err.split()), err
+    # not cached: nothing known before loading, nothing refused (the denoiser's own check remains)
+    from priorswap.plugins.dit.task import ClassLabelInputs, ClassLabelTask
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    ClassLabelTask.check_inputs(ClassLabelInputs(class_label=[5000]), entry)
+
+
+def test_tasks_prints_readable_types(capsys):
+    code, out, _ = run_cli(capsys, "tasks")
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.splitlines()
+            if line.startswith("│ --")}
+    assert code == 0
+    assert rows["--end-image"] == "[PATH]" and rows["--image"] in ("PATH", "PATH...")
+    assert rows["--source-index"] == "INTEGER..." and rows["--class-label"] == "INTEGER..."
+    assert rows["--prompt"] == "TEXT..." and rows["--frames"] == "[INTEGER]" and rows["--azimuth"] == "FLOAT"
+    assert not any(word in out for word in ("Optional", "Annotated", "pathlib", "typing", "list["))

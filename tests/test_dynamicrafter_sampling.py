@@ -857,7 +857,8 @@ def test_a_local_checkpoint_file_is_a_model_reference(tmp_path, folders, monkeyp
 
 
 def test_video_refuses_image_models_and_unwritable_outputs_before_loading(folders, tmp_path, capsys, monkeypatch):
-    """`priorswap video` checks the model's task, the output's folder and the device before any weights load."""
+    """`priorswap video` checks the model's task, its image files, the output's folder and the device before any
+    weights load."""
     from clihelp import run_cli
 
     import priorswap.api
@@ -883,6 +884,14 @@ def test_video_refuses_image_models_and_unwritable_outputs_before_loading(folder
                                   "--prompt", "a cat", "--out", str(target))
         stderr = " ".join(stderr.split())
         assert code == 2 and "--out" in stderr and str(target.parent) in stderr, stderr
+    (tmp_path / "notes.png").write_text("not an image")
+    for option, path in (("--image", tmp_path / "missing.png"), ("--end-image", tmp_path / "notes.png")):
+        image = str(folders["image"]) if option == "--end-image" else str(path)
+        extra = (option, str(path)) if option == "--end-image" else ()
+        code, _, stderr = run_cli(capsys, "video", "--model", str(folders["dc512"]), "--image", image, *extra,
+                                  "--prompt", "a cat", "--out", str(out))
+        stderr = " ".join(stderr.split())
+        assert code == 2 and option in stderr and str(path) in stderr, stderr
     code, _, stderr = run_cli(capsys, "video", "--model", str(folders["vc2"]), "--prompt", "a cat", "--out", str(out))
     assert code == 2 and "stopped before loading" in stderr and len(calls) == 1  # only this run got that far
     assert not list(tmp_path.glob("*.mp4")) and not list(tmp_path.glob(".v.mp4*"))

@@ -75,8 +75,16 @@ def test_info_refuses_files_without_a_record(written, tmp_path, capsys):
     text.write_text("hi")
     fake = tmp_path / "fake.png"
     fake.write_text("not a png")
-    for path, message in ((plain, "has no priorswap record"), (text, "kept in .png, .gif and .mp4"),
-                          (fake, "not a readable PNG"), (tmp_path / "gone.png", "does not exist")):
+    fake_latents = tmp_path / "fake.safetensors"
+    fake_latents.write_text("not safetensors")
+    plain_latents = tmp_path / "plain.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"latents": torch.zeros(1, 2)}, plain_latents)
+    for path, message in ((plain, "has no priorswap record"), (text, "kept in .png, .gif, .mp4 and .safetensors"),
+                          (fake, "not a readable PNG"), (tmp_path / "gone.png", "does not exist"),
+                          (fake_latents, "not a readable safetensors file"),
+                          (plain_latents, "has no priorswap record")):
         code, out, err = run_cli(capsys, "info", str(written / "grid.png"), str(path))
         assert code == 2 and message in err and out == ""  # every file is read before anything prints
     with pytest.raises(PriorswapError, match="someone else's"):
@@ -87,3 +95,44 @@ def test_info_refuses_files_without_a_record(written, tmp_path, capsys):
         info.add_text("priorswap", json.dumps({"made_by": "another tool"}))
         Image.new("RGB", (4, 4)).save(other, pnginfo=info)
         read_record(other)
+
+
+def test_records_name_the_device_and_hash_every_input_file_and_latents_carry_one(tmp_path, capsys):
+    """A toy-view run from a PNG digit and a held-out index: each record holds the device, torch's version and
+    the sha256 of the PNG; --save-latents carries the run's record, which `info` reads and which redoes them."""
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    from priorswap.plugins.toy import data
+
+    digit = data.load_digits16("test")[0][7, 0]
+    source = tmp_path / "digit.png"
+    Image.fromarray(((digit + 1) * 127.5).round().byte().numpy(), "L").save(source)
+    latents, each = tmp_path / "z.safetensors", tmp_path / "each"
+    code, _, err = run_cli(capsys, "sample", "--model", "toy-digits-view", "--image", str(source), "--source-index",
+                           "3", "--angle", "20", "--steps", "4", "--seeds", "5,6", "--save-latents", str(latents),
+                           "--out-dir", str(each), "--device", "cpu")
+    assert code == 0, err
+    sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    rec = read_record(each / "seed6-01.png")
+    assert rec["device"] == "cpu" and rec["torch"] == torch.__version__
+    assert rec["inputs"]["image"] == [str(source)] and rec["input_sha256"] == {"image": [sha]}
+    batch = read_record(latents)
+    assert batch["seed"] == [5, 6] and batch["index"] is None and batch["input_sha256"] == {"image": [sha]}
+    assert batch["images"] == ["seed5-00", "seed5-01", "seed6-00", "seed6-01"]
+    assert {k: v for k, v in batch.items() if k not in ("seed", "index", "images")} == {
+        k: v for k, v in rec.items() if k not in ("seed", "index")}
+    # the record alone redoes the saved latents (rows seed by seed)
+    pair = priorswap.load_pair(batch["model"]["id"])
+    again = [pair.sample(**sample_arguments(batch), seed=s, decode=False).latents for s in batch["seed"]]
+    assert torch.equal(torch.cat(again), load_file(latents)["latents"])
+    code, out, _ = run_cli(capsys, "info", str(latents))
+    out = " ".join(out.split())
+    assert code == 0 and sha in out and "cpu, torch" in out and "seed [5, 6]" in out
+    code, out, _ = run_cli(capsys, "info", "--json", str(latents))
+    assert code == 0 and json.loads(out) == batch
+    # another file under the same name is told apart by its hash
+    Image.fromarray(((digit.flip(-1) + 1) * 127.5).round().byte().numpy(), "L").save(source)
+    redone = pair.sample(image=[source], angle=20.0, steps=1, decode=False).record
+    assert redone["input_sha256"]["image"] != [sha] and redone["inputs"] == {**rec["inputs"], "source_index": []}

@@ -35,7 +35,16 @@ def test_eval_cli_writes_json_markdown_and_plot(tmp_path, capsys):
         "--samples", "10", "--seeds", "0", "--steps", "4", "--out", str(tmp_path),
     )
     assert code == 0, err
-    records = json.loads((tmp_path / "results.json").read_text())
+    results = json.loads((tmp_path / "results.json").read_text())
+    records = results.pop("records")
+    # the run's settings: a results.json describes itself
+    assert {k: results[k] for k in ("model", "task", "priors", "methods", "rules", "guidance", "image_guidance",
+                                    "samples", "samples_per_seed", "seeds", "steps", "scheduler", "eta")} == {
+        "model": "toy-digits-view", "task": "toy-view", "priors": ["none", "toy-digits-base"],
+        "methods": ["cfg", "swap:toy-digits-base"], "rules": ["cfg", "prior-swap"], "guidance": [1.5, 3.0],
+        "image_guidance": None, "samples": 10, "samples_per_seed": 10, "seeds": [0], "steps": 4,
+        "scheduler": "ddim", "eta": 0.0}
+    assert results["bootstrap_resamples"] > 0 and results["torch"] == torch.__version__
     keys = {"model", "prior", "method", "guidance", "metric", "value", "ci_low", "ci_high"}
     assert records and all(set(r) == keys for r in records)
     assert {r["metric"] for r in records} == {"fd", "psnr", "ssim", "accuracy"}
@@ -44,6 +53,22 @@ def test_eval_cli_writes_json_markdown_and_plot(tmp_path, capsys):
     }
     assert all(r["ci_low"] <= r["value"] <= r["ci_high"] or np.isinf(r["value"]) for r in records)
     assert (tmp_path / "results.png").stat().st_size > 1000 and "| method |" in (tmp_path / "results.md").read_text()
+
+
+def test_run_settings_of_a_dual_task_and_uneven_sample_counts():
+    """The edit task draws samples // 3 per instruction: the settings say how many were drawn, and the image
+    scale dual guidance used (the registry's when none is given)."""
+    import priorswap
+    from priorswap.plugins.toy.evaluate import run_settings
+
+    entry = priorswap.Registry.load([], priorswap.get_plugins().registry_files).entry("toy-digits-edit")
+    settings = run_settings("toy-digits-edit", [Variant(None), Variant("toy-digits-base", adapters=False)], [2.0],
+                            samples=10, seeds=(0, 1), steps=3)
+    assert settings["samples_per_seed"] == 9 and settings["rules"] == ["dual-cfg", "dual-prior-swap"]
+    assert settings["image_guidance"] == (entry.recommended.image_guidance or 1.0)
+    assert settings["methods"] == ["cfg", "swap:toy-digits-base (no adapters)"]
+    assert run_settings("toy-digits-edit", [Variant(None)], [2.0], 10, (0,), 3, image_guidance=1.25)[
+        "image_guidance"] == 1.25
 
 
 def test_edit_task_uses_dual_guidance(reference):

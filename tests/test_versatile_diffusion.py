@@ -267,10 +267,10 @@ def test_registry_entry_pairs_with_stable_diffusion_without_weights():
 
 def test_task_errors_name_the_problem(vd_folder, sd_folder, source_image, tmp_path):
     pair = priorswap.load_pair(str(vd_folder), prior=str(sd_folder))
-    with pytest.raises(PriorswapError, match="does not exist"):
+    with pytest.raises(ValueError, match="missing.png does not exist"):  # the inputs' validation
         pair.sample(image=tmp_path / "missing.png", steps=1)
     (tmp_path / "text.png").write_text("not an image")
-    with pytest.raises(PriorswapError, match="not an image file"):
+    with pytest.raises(ValueError, match="text.png is not an image file"):
         pair.sample(image=tmp_path / "text.png", steps=1)
     with pytest.raises(PriorswapError, match="takes no source image"):  # autoguidance: the SD prior would need it
         pair.sample(image=source_image, guidance="autoguidance", steps=1)

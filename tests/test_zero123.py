@@ -195,11 +195,11 @@ def test_conditions_follow_the_recipe(zero123_folder, source_png):
     assert torch.allclose(pair.task.pose(inputs), pose, atol=1e-6)
 
 
-def test_stable_zero123_pose_carries_the_source_polar_angle():
+def test_stable_zero123_pose_carries_the_source_polar_angle(source_png):
     from priorswap.plugins.zero123.task import StableNovelViewInputs, StableNovelViewTask
 
     task = StableNovelViewTask.__new__(StableNovelViewTask)
-    pose = task.pose(StableNovelViewInputs(image="x.png", azimuth=90, polar=15, input_elevation=30))
+    pose = task.pose(StableNovelViewInputs(image=source_png, azimuth=90, polar=15, input_elevation=30))
     assert torch.allclose(pose, torch.tensor([[0.2617994, 1.0, 0.0, 1.0471976]]), atol=1e-6)
 
 
@@ -258,10 +258,12 @@ def test_a_missing_input_image_is_refused_before_loading(zero123_folder, tmp_pat
     import priorswap.api
 
     monkeypatch.setattr(priorswap.api, "load_pair", lambda *a, **k: pytest.fail("weights loaded before the check"))
-    for image, message in ((tmp_path / "missing.png", "does not exist"), (tmp_path, "is a folder, not a file")):
+    (tmp_path / "notes.png").write_text("not a picture")
+    for image, message in ((tmp_path / "missing.png", "does not exist"), (tmp_path, "is a folder, not an image file"),
+                           (tmp_path / "notes.png", "is not an image file PIL can read")):
         code, _, err = run_cli(capsys, "sample", "--model", str(zero123_folder), "--image", str(image),
                                "--azimuth", "60", "--polar", "0", "--out", str(tmp_path / "o.png"))
-        assert code == 2 and f"--image {image} {message}" in " ".join(err.split())
+        assert code == 2 and f"--image: {image} {message}" in " ".join(err.split())
 
 
 # ---- registry ---------------------------------------------------------------------------------------

@@ -77,6 +77,14 @@ def register(cli: typer.Typer) -> None:
         if task == "text-to-video" and (image is not None or end_image is not None or posterior_seed is not None):
             raise PriorswapError(f"'{model}' is a text-to-video model: it takes no --image / --end-image / "
                                  "--posterior-seed")
+        from priorswap.images import check_image_file
+
+        for option, path in (("--image", image), ("--end-image", end_image)):
+            if path is not None:
+                try:
+                    check_image_file(path)  # before minutes of loading weights
+                except ValueError as e:
+                    raise PriorswapError(f"{option}: {e}") from None
         from rich.console import Console
 
         from priorswap.api import load_pair

@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from pydantic import Field, FilePath
+from pydantic import Field
 
 from priorswap import Denoiser, PriorswapError, Task, TaskInputs
-from priorswap.task import Prompts
+from priorswap.task import ImageFile, Prompts
 from priorswap.vae import VaeDecoder
 
 from .denoiser import DynamiCrafterDenoiser, LvdmDenoiser
@@ -86,8 +86,8 @@ class TextToVideoInputs(TaskInputs):
 
 
 class ImageToVideoInputs(TextToVideoInputs):
-    image: FilePath = Field(..., description="the first frame (PNG, JPEG, ...)")
-    end_image: FilePath | None = Field(None, description="the last frame (interpolation checkpoint only)")
+    image: ImageFile = Field(..., description="the first frame (PNG, JPEG, ...)")
+    end_image: ImageFile | None = Field(None, description="the last frame (interpolation checkpoint only)")
     fs: int | None = Field(None, gt=0, description="frame stride (256) or frame rate (512/1024) condition")
     posterior_seed: int | None = Field(
         None, description="encode the frame(s) with a VAE posterior draw from this seed, as the official scripts "

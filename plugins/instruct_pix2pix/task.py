@@ -10,16 +10,16 @@ import os
 from pathlib import Path
 
 import torch
-from pydantic import Field, FilePath
+from pydantic import Field
 
 from priorswap import Denoiser, PriorswapError, Task, TaskInputs
 from priorswap.images import open_image
-from priorswap.task import Prompts
+from priorswap.task import ImageFile, Prompts
 from priorswap.vae import VaeDecoder
 
 
 class InstructPix2PixInputs(TaskInputs):
-    image: FilePath = Field(..., description="the image to edit (PNG, JPEG, ...)")
+    image: ImageFile = Field(..., description="the image to edit (PNG, JPEG, ...)")
     prompt: Prompts = Field(..., description="edit instruction(s); one sample per instruction")
     resolution: int | None = Field(
         None,

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from priorswap.dataset_eval import EvalRequest
 
 BATCH = 250
+N_BOOT = 300  # bootstrap resamples of the intervals
 
 
 @dataclass
@@ -126,7 +127,7 @@ def evaluate(
     seeds: tuple[int, ...] = (0, 1, 2),
     steps: int = 25,
     image_guidance: float | None = None,
-    n_boot: int = 300,
+    n_boot: int = N_BOOT,
     progress: Callable[[str], None] | None = None,
     reference: Reference | None = None,
 ) -> list[Record]:
@@ -218,6 +219,45 @@ def real_data_floor(
     return _fd_record(base, "fd", feats, reference.overall, n_boot)
 
 
+def run_settings(
+    model: str, variants: list[Variant], guidances: list[float], samples: int, seeds: tuple[int, ...], steps: int,
+    image_guidance: float | None = None, n_boot: int = N_BOOT,
+) -> dict:
+    """What `evaluate` with these arguments measures with, for results.json: the model and its task, the
+    priors and methods, guidance scales (and the image scale of dual guidance), samples (as asked, and as the
+    task's protocol draws them per seed), seeds, steps, scheduler, η, bootstrap resamples and versions."""
+    from priorswap.loading import resolve, task_of
+
+    plugins = priorswap.get_plugins()
+    registry = priorswap.Registry.load(plugin_files=plugins.registry_files)
+    entry = resolve(model, registry, plugins).entry
+    task_name, task_cls = task_of(entry, model, plugins)
+    dual = "partial" in task_cls.levels
+    rec = entry.recommended
+    return {
+        "model": model,
+        "task": task_name,
+        "priors": list(dict.fromkeys(v.prior or "none" for v in variants)),
+        "methods": [v.label for v in variants],
+        "rules": sorted({v.method(dual) for v in variants}),
+        "guidance": [float(g) for g in guidances],
+        "image_guidance": ((rec.image_guidance or 1.0) if image_guidance is None else image_guidance) if dual
+        else None,
+        "samples": samples,
+        "samples_per_seed": sum(len(next(v for v in inputs.values() if isinstance(v, list)))
+                                for inputs, _, _ in task_protocol(task_name, samples)),
+        "seeds": list(seeds),
+        "steps": steps,
+        "scheduler": rec.scheduler,
+        "eta": rec.eta,
+        "bootstrap_resamples": n_boot,
+        "min_per_class": MIN_PER_CLASS if task_name == "toy-class" else None,
+        "device": "cpu",
+        "priorswap": priorswap.__version__,
+        "torch": torch.__version__,
+    }
+
+
 def run_request(request: EvalRequest) -> None:
     """`priorswap eval` without --data for a toy model (registered for toy-class, -view and -edit with the
     register_evaluators hook): every prior of `request.priors` (None = CFG; plus each prior without adapters
@@ -231,21 +271,23 @@ def run_request(request: EvalRequest) -> None:
     if request.ablate_adapters:
         variants += [Variant(p, adapters=False) for p in request.priors if p is not None]
     console = Console()
-    records = evaluate(
-        request.model, variants, list(request.guidance or (1.5, 2, 3, 5)), samples=request.samples or 200,
-        seeds=tuple(request.seeds or (0, 1, 2)), steps=request.steps or 25, image_guidance=request.image_guidance,
-        progress=lambda msg: console.print(f"[dim]{msg}[/]"),
-    )
+    options = {"guidances": list(request.guidance or (1.5, 2, 3, 5)), "samples": request.samples or 200,
+               "seeds": tuple(request.seeds or (0, 1, 2)), "steps": request.steps or 25,
+               "image_guidance": request.image_guidance}
+    settings = run_settings(request.model, variants, **options)
+    records = evaluate(request.model, variants, **options, progress=lambda msg: console.print(f"[dim]{msg}[/]"))
     console.print(markdown(records, request.model))
     if request.out is not None:
-        write_results(records, request.out, request.model)
+        write_results(records, request.out, request.model, settings)
         console.print(f"results → {request.out}/results.json, results.md, results.png")
 
 
-def write_results(records: list[Record], out: Path, title: str) -> None:
-    """results.json, results.md (a table per metric) and results.png (metric vs γ per method)."""
+def write_results(records: list[Record], out: Path, title: str, settings: dict | None = None) -> None:
+    """results.json (the run's `settings`, e.g. from `run_settings`, and its `records`), results.md (a table
+    per metric) and results.png (metric vs γ per method)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps([asdict(r) for r in records], indent=1))
+    results = {**(settings or {}), "records": [asdict(r) for r in records]}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "results.md").write_text(markdown(records, title))
     plot(records, out / "results.png", title)
 

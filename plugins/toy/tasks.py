@@ -7,13 +7,20 @@ Sources for the view and edit tasks are held-out digits (`source_index` into the
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
+import numpy as np
 import torch
 from pydantic import Field, model_validator
 
 from priorswap import Denoiser, PriorswapError, Task, TaskInputs
+from priorswap.task import ImageFile
 
 from . import data, models
+
+TEST_DIGITS = 360
+"""Held-out digits of `data.load_digits16("test")` (20 % of scikit-learn's 1,797, rounded up): the range of
+`source_index`, known without reading the data."""
 
 
 def _decode(latents: torch.Tensor) -> torch.Tensor:
@@ -43,13 +50,14 @@ def load_png(path: str | Path) -> torch.Tensor:
     if Path(path).expanduser().is_dir():
         raise PriorswapError(f"image {path} is a folder; give an image file (a light digit on a dark background)")
     gray = open_image(path, "L").resize((data.SIZE, data.SIZE), Image.BILINEAR)
-    pixels = torch.tensor(list(gray.getdata()), dtype=torch.float32).view(1, 1, data.SIZE, data.SIZE)
+    pixels = torch.from_numpy(np.asarray(gray, dtype=np.float32).copy()).view(1, 1, data.SIZE, data.SIZE)
     return pixels / 127.5 - 1
 
 
 class SourceInputs(TaskInputs):
-    source_index: list[int] = Field(default_factory=list, description="held-out test digits (indices 0–359)")
-    image: list[Path] = Field(default_factory=list, description="PNG file(s) of source digits (light on dark)")
+    source_index: list[Annotated[int, Field(ge=0, lt=TEST_DIGITS)]] = Field(
+        default_factory=list, description=f"held-out test digits (indices 0–{TEST_DIGITS - 1})")
+    image: list[ImageFile] = Field(default_factory=list, description="PNG file(s) of source digits (light on dark)")
 
     @model_validator(mode="after")
     def _some_source(self):
@@ -72,7 +80,8 @@ class SourceInputs(TaskInputs):
 
 # ---- toy-class ----------------------------------------------------------------------------------
 class ToyClassInputs(TaskInputs):
-    class_label: list[int] = Field(..., min_length=1, description="digit(s) 0–9; one sample per label")
+    class_label: list[Annotated[int, Field(ge=0, lt=models.NUM_CLASSES)]] = Field(
+        ..., min_length=1, description="digit(s) 0–9; one sample per label")
 
 
 class ToyClassTask(Task):

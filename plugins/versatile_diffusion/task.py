@@ -13,11 +13,12 @@ from pydantic import Field
 
 from priorswap import Denoiser, PriorswapError, Task, TaskInputs
 from priorswap.images import open_image
+from priorswap.task import ImageFile
 from priorswap.vae import VaeDecoder
 
 
 class ImageVariationInputs(TaskInputs):
-    image: Path = Field(..., description="the source image (PNG, JPEG, ...)")
+    image: ImageFile = Field(..., description="the source image (PNG, JPEG, ...)")
     count: int = Field(1, ge=1, le=64, description="how many variations of the image (batch size)")
 
 

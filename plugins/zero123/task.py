@@ -12,14 +12,13 @@ Conditioning recipe (the reference community pipeline, `examples/community/pipel
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
 from priorswap import Denoiser, PriorswapError, Task, TaskInputs
 from priorswap.images import load_image
+from priorswap.task import ImageFile
 
 CLIP_SIZE = 224
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -27,7 +26,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class NovelViewInputs(TaskInputs):
-    image: Path = Field(..., description="source image file (an object, ideally on a white background)")
+    image: ImageFile = Field(..., description="source image file (an object, ideally on a white background)")
     azimuth: float = Field(..., allow_inf_nan=False, description="azimuth change in degrees (positive: rotate right)")
     polar: float = Field(..., allow_inf_nan=False,
                          description="polar-angle change in degrees (90° − elevation; positive: camera moves down)")
@@ -36,7 +35,7 @@ class NovelViewInputs(TaskInputs):
 
 
 class StableNovelViewInputs(TaskInputs):
-    image: Path = Field(..., description="source image file (an object, ideally on a white background)")
+    image: ImageFile = Field(..., description="source image file (an object, ideally on a white background)")
     azimuth: float = Field(..., allow_inf_nan=False, description="azimuth change in degrees (positive: rotate right)")
     polar: float = Field(..., allow_inf_nan=False,
                          description="polar-angle change in degrees (90° − elevation; positive: camera moves down)")
