@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import torch
 
+from .condition_reuse import cross_attention_projections
 from .conditions import Condition
 from .latents import LatentSpace
 from .parameterization import coefficients, convert_frame, frame_of, to_x0
@@ -63,6 +64,13 @@ class Denoiser(ABC):
     @abstractmethod
     def null_condition(self) -> Condition:
         """The condition the network was trained with for 'no condition' (batch 1, cached)."""
+
+    def condition_modules(self) -> list[torch.nn.Module]:
+        """Modules whose one input is computed from the condition alone, so their output is the same at every
+        step of a run and the engine reuses it (`priorswap.condition_reuse`). Default: the key and value
+        projections of every diffusers cross-attention in `self.net`. Override to add a network's own
+        (a caption projection), or return [] to turn reuse off."""
+        return cross_attention_projections(getattr(self, "net", None))
 
     @property
     def frame(self) -> str:

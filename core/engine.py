@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .adapters import Adapter
+from .condition_reuse import reusing
 from .conditions import Condition, concat, expand
 from .ddim import ddim_step
 from .denoiser import Denoiser
@@ -124,10 +125,25 @@ class Sampler:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Samples from `noise` (unit variance) in `steps` scheduler steps; returns the final latent.
-        `eta` > 0 makes DDIM stochastic (its step noise drawn from `generator`, as diffusers pipelines do)."""
+        `eta` > 0 makes DDIM stochastic (its step noise drawn from `generator`, as diffusers pipelines do).
+        What the networks compute from their conditions alone is computed once per run
+        (`Denoiser.condition_modules`)."""
         sched = self.scheduler
         if eta and type(sched).__name__ != "DDIMScheduler":
             raise PriorswapError(f"eta={eta:g} needs the DDIM scheduler (got {type(sched).__name__})")
+        denoisers = {id(r.denoiser): r.denoiser for r in self.routes.values()}.values()
+        with reusing(m for d in denoisers for m in d.condition_modules()):
+            return self._run(noise, steps, callback, eta, generator)
+
+    def _run(
+        self,
+        noise: torch.Tensor,
+        steps: int,
+        callback: Callable[[StepInfo], None] | None,
+        eta: float,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        sched = self.scheduler
         model = self.routes["model"].denoiser
         sched.set_timesteps(steps, device=noise.device)
         x = noise * sched.init_noise_sigma

@@ -16,15 +16,19 @@ ROOT = Path(__file__).resolve().parent.parent
         ("memory.py", "two full pipelines side by side"),
         ("step_time.py", "model b2 + prior b2"),
         ("video_cost.py", "dual prior swap"),
+        ("condition_reuse.py", "identical output: True"),
     ],
 )
 def test_bench_tiny_mode_runs(script, expect, tmp_path):
     env = {**os.environ, "PRIORSWAP_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
     args = [sys.executable, str(ROOT / "bench" / script), "--tiny"]
-    if script != "video_cost.py":
+    if script in ("memory.py", "step_time.py"):
         args += ["--work", str(tmp_path / "work")]
+    if script == "condition_reuse.py":
+        args += ["--repeats", "2"]
     if script == "step_time.py":
         args += ["--samples", "2", "--repeats", "2"]  # several samples per step: CFG batch 4, swap batches 2
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert expect in done.stdout
+    assert "identical output: False" not in done.stdout

@@ -61,6 +61,12 @@ class PixArtDenoiser(Denoiser):
     def null_condition(self) -> dict:
         return {"encoder_hidden_states": self.null_embeds, "encoder_attention_mask": self.null_mask}
 
+    def condition_modules(self) -> list[torch.nn.Module]:
+        """The cross-attention projections and the caption projection (T5 states → width): all see the
+        condition alone, so a run computes them once."""
+        caption = getattr(self.net, "caption_projection", None)
+        return [*super().condition_modules(), *([caption] if caption is not None else [])]
+
 
 def load_tokenizer(folder: Path):
     """The pipeline's T5 tokenizer from `folder/tokenizer`."""
