@@ -40,7 +40,7 @@ _active: ContextVar[frozenset[int] | None] = ContextVar("priorswap_condition_reu
 class _Memo:
     key: torch.Tensor
     version: int | None  # the key's version counter when stored (None: an inference tensor, stored as a copy)
-    out: Any
+    out: torch.Tensor
 
 
 def _version(t: torch.Tensor) -> int | None:
@@ -61,12 +61,6 @@ def _holds(memo: _Memo, x: torch.Tensor) -> bool:
     return bool(torch.equal(x, key))
 
 
-def _broadcast(out: Any, batch: int) -> Any:
-    if torch.is_tensor(out):
-        return out.expand(batch, *out.shape[1:])
-    raise TypeError(f"cannot broadcast a {type(out).__name__} output")
-
-
 def _reusing_forward(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
     original = self.__dict__.get(_ORIGINAL) or functools.partial(type(self).forward, self)
     scope = _active.get()
@@ -85,12 +79,13 @@ def _reusing_forward(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         memo = _Memo(x if version is not None else x.clone(), version, original(x))
         memos.insert(0, memo)
         del memos[MEMO_SIZE:]
-    return memo.out if batch is None else _broadcast(memo.out, batch)
+    return memo.out if batch is None else memo.out.expand(batch, *memo.out.shape[1:])
 
 
 def install(module: torch.nn.Module) -> None:
-    """Lets `module` reuse its outputs inside `reusing` (idempotent). Its forward must take one tensor. A
-    forward already replaced on the instance (e.g. by accelerate's offload hooks) is kept and called."""
+    """Lets `module` reuse its outputs inside `reusing` (idempotent). Its forward must take one tensor and
+    return one tensor. A forward already replaced on the instance (e.g. by accelerate's offload hooks) is
+    kept and called."""
     if module.__dict__.get(_INSTALLED):
         return
     if "forward" in module.__dict__:

@@ -12,17 +12,16 @@ from .errors import PriorswapError
 def open_image(path: str | Path, mode: str | None = "RGB"):
     """The file as a PIL image (converted to `mode`; None keeps it as stored), loaded into memory.
 
-    Raises a PriorswapError naming the file when it is missing or not an image."""
-    from PIL import Image, UnidentifiedImageError
+    Raises a PriorswapError naming the file when it is missing, a folder, not an image or damaged."""
+    from PIL import Image
 
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise PriorswapError(f"image file {path} does not exist")
+    try:
+        path = check_image_file(path)
+    except ValueError as e:
+        raise PriorswapError(str(e)) from None
     try:
         with Image.open(path) as img:
             return img.convert(mode) if mode is not None else img.copy()
-    except UnidentifiedImageError:
-        raise PriorswapError(f"{path} is not an image file PIL can read") from None
     except OSError as e:  # a damaged file: the header reads, the pixels do not
         raise PriorswapError(f"{path} is a damaged image ({e})") from None
 

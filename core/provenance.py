@@ -77,8 +77,8 @@ def input_hashes(inputs: TaskInputs) -> dict[str, Any]:
             hashes = [one(v) for v in value]
             if any(h is not None for h in hashes):
                 out[name] = hashes
-        elif one(value) is not None:
-            out[name] = one(value)
+        elif (digest := one(value)) is not None:
+            out[name] = digest
     return out
 
 
