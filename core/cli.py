@@ -282,9 +282,9 @@ def sample(
             images.append(result.images.float().cpu())
         names += [f"seed{s}-{i:02d}" for i in range(result.latents.shape[0])]
         records += [{**result.record, "index": i, "command": command} for i in range(result.latents.shape[0])]
-    from .media import all_or_nothing, save_grid, save_images, write_atomic_safetensors
+    from .media import all_or_nothing, input_rows, save_grid, save_images, write_atomic_safetensors
 
-    # the grid's and the latents' record: every seed, and the samples' names in row order
+    # the latents' record: every seed, and the samples' names in row order
     batch_record = {**records[0], "seed": seed_list if len(seed_list) > 1 else seed_list[0], "index": None,
                     "images": names}
     with all_or_nothing((out_dir,)) as written:  # a failed write removes the files this run already wrote
@@ -292,7 +292,15 @@ def sample(
             write_atomic_safetensors(save_latents, {"latents": torch.cat(latents)}, record=batch_record)
             written.append(save_latents)
         if out is not None:
-            save_grid(torch.cat(images), out, record=batch_record)
+            n_inputs = pair.task.batch_size(inputs)
+            if n_inputs > 1 and len(seed_list) * num_samples > 1:  # one row per task input, its samples seed by seed
+                order = input_rows(len(seed_list), n_inputs, num_samples)
+                grid, columns = torch.cat(images)[order], len(seed_list) * num_samples
+                grid_record = {**batch_record, "images": [names[i] for i in order],
+                               "grid": {"rows": n_inputs, "columns": columns, "row": "task input"}}
+            else:
+                grid, columns, grid_record = torch.cat(images), None, batch_record
+            save_grid(grid, out, columns=columns, record=grid_record)
             written.append(out)
         if out_dir is not None:
             written += save_images(torch.cat(images), out_dir, names, records)

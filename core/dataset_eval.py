@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from . import image_metrics as M
 from .datasets import Item, load_items
 from .errors import PriorswapError
-from .loading import task_for
+from .loading import task_and_entry
 from .plugin_manager import Plugins, get_plugins
 
 INPUT_FIELD = "image"  # the task input that holds the source image (clip-image, clip-direction, the grid)
@@ -477,7 +477,8 @@ def run(request: EvalRequest) -> dict:
     if request.out is not None and request.out.exists() and not request.out.is_dir():
         raise PriorswapError(f"--out {request.out} is a file; give a folder")
     plugins = get_plugins()
-    task_name, task_cls = task_for(request.model, request.registry, plugins, allow_pickle=request.allow_pickle)
+    task_name, task_cls, entry = task_and_entry(request.model, request.registry, plugins,
+                                                allow_pickle=request.allow_pickle)
     if not task_cls.metrics:
         raise PriorswapError(f"task '{task_name}' declares no metrics (Task.metrics): nothing to measure")
     M.check_metric_names(task_cls.metrics, f"task '{task_name}'")
@@ -489,7 +490,7 @@ def run(request: EvalRequest) -> dict:
             raise PriorswapError(f"--metrics {','.join(request.metrics)}: {what}; task '{task_name}' measures "
                                  f"{', '.join(names)} (clip-image-target comes with clip-image)")
         names = tuple(request.metrics)
-    items = load_items(request.data, task_cls, request.limit)
+    items = load_items(request.data, task_cls, request.limit, entry)
     out, err = _console(False), _console(True)
     device = request.device or ("cuda" if torch.cuda.is_available() else "cpu")
     with err.status("preparing the metrics"):

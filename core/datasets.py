@@ -19,6 +19,9 @@ from pydantic import ValidationError
 from .errors import PriorswapError
 from .task import Task, TaskInputs
 
+if typing.TYPE_CHECKING:
+    from .registry import ModelEntry
+
 ITEMS_FILE = "items.jsonl"
 RESERVED = ("id", "target", "caption_in", "caption_out")
 FORMAT_DOC = "docs/eval.md"
@@ -122,7 +125,8 @@ def _pydantic_problems(e: ValidationError, task: type[Task]) -> list[tuple[str |
     return out
 
 
-def _parse_line(text: str, number: int, folder: Path, task: type[Task], problems: _Problems) -> Item | None:
+def _parse_line(text: str, number: int, folder: Path, task: type[Task], problems: _Problems,
+                entry: ModelEntry | None) -> Item | None:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:
@@ -171,12 +175,20 @@ def _parse_line(text: str, number: int, folder: Path, task: type[Task], problems
         for field, msg in _pydantic_problems(e, task):
             problems.add(number, msg, field)
         return None
+    if entry is not None:
+        try:
+            task.check_inputs(inputs, entry)
+        except PriorswapError as e:
+            problems.add(number, str(e))
+            return None
     return Item(str(item_id), number, inputs, target, captions["caption_in"], captions["caption_out"])
 
 
-def load_items(folder: str | Path, task: type[Task], limit: int | None = None) -> list[Item]:
-    """The items of `folder/items.jsonl`, each validated with the task's Inputs model (blank lines are
-    skipped; `limit`: only the first N items are read). Raises DatasetError naming every bad line and field."""
+def load_items(folder: str | Path, task: type[Task], limit: int | None = None,
+               entry: ModelEntry | None = None) -> list[Item]:
+    """The items of `folder/items.jsonl`, each validated with the task's Inputs model and, given the model's
+    registry `entry`, its `Task.check_inputs` (blank lines are skipped; `limit`: only the first N items are
+    read). Raises DatasetError naming every bad line and field."""
     folder = Path(folder).expanduser()
     file = folder / ITEMS_FILE
     if not folder.is_dir():
@@ -196,7 +208,7 @@ def load_items(folder: str | Path, task: type[Task], limit: int | None = None) -
             if limit is not None and count >= limit:
                 break
             count += 1
-            item = _parse_line(text, number, folder, task, problems)
+            item = _parse_line(text, number, folder, task, problems, entry)
             if item is None:
                 continue
             if item.id in seen:

@@ -183,8 +183,17 @@ def task_for(
     model: str, registry_files: list[str], plugins: Plugins, *, allow_pickle: bool = False
 ) -> tuple[str, type[Task]]:
     """The task name and class of a model (a registry id, local folder or checkpoint), without loading weights."""
+    name, task, _ = task_and_entry(model, registry_files, plugins, allow_pickle=allow_pickle)
+    return name, task
+
+
+def task_and_entry(
+    model: str, registry_files: list[str], plugins: Plugins, *, allow_pickle: bool = False
+) -> tuple[str, type[Task], ModelEntry]:
+    """`task_for` plus the model's resolved registry entry (for `Task.check_inputs`)."""
     registry = Registry.load(registry_files, plugins.registry_files)
-    return task_of(resolve(model, registry, plugins, allow_pickle=allow_pickle).entry, model, plugins)
+    entry = resolve(model, registry, plugins, allow_pickle=allow_pickle).entry
+    return (*task_of(entry, model, plugins), entry)
 
 
 def task_of(entry: ModelEntry, model: str, plugins: Plugins) -> tuple[str, type[Task]]:

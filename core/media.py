@@ -79,6 +79,14 @@ def to_grid(images: torch.Tensor, columns: int | None = None, pad: int = 2) -> t
     return grid
 
 
+def input_rows(seeds: int, inputs: int, samples: int) -> list[int]:
+    """The order that lays out a sample grid one task input per row: `seeds` batches (concatenated seed by
+    seed), each holding `inputs` × `samples` rows input by input, become rows of one input with its samples
+    seed by seed. Returns indices into the concatenated batches."""
+    per_seed = inputs * samples
+    return [k * per_seed + j * samples + m for j in range(inputs) for k in range(seeds) for m in range(samples)]
+
+
 def to_pil(image: torch.Tensor):
     from PIL import Image
 

@@ -79,7 +79,8 @@ class Task(ABC):
     @classmethod
     def check_inputs(cls, inputs: TaskInputs, entry: ModelEntry) -> None:
         """Checks `inputs` against what is known of the model before its weights load (its registry entry;
-        configs through `model_file`); raises PriorswapError. `priorswap sample` calls it before loading.
+        configs through `model_file`); raises PriorswapError. `priorswap sample` calls it before loading, and
+        `eval --data` on every dataset line.
         The default checks nothing; `conditions` must still check what this could not know."""
         return None
 

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from typing import Annotated
 
+import numpy as np
 import pytest
 import torch
 from clihelp import run_cli
@@ -197,10 +198,29 @@ def test_several_seeds_and_samples_write_a_grid_and_one_file_each(tmp_path, caps
     code, _, err = run_cli(
         capsys, "sample", "--model", str(dit_folder), "--prior", str(dit_prior_folder), "--class-label", "207",
         "--class-label", "3", "--steps", "3", "--seeds", "4,5", "--num-samples", "2", "--out-dir", str(folder),
-        "--save-latents", str(lat),
+        "--save-latents", str(lat), "--out", str(tmp_path / "grid.png"),
     )
     assert code == 0, err
     assert sorted(p.name for p in folder.iterdir()) == [f"seed{s}-{i:02d}.png" for s in (4, 5) for i in range(4)]
+    # the grid has one row per class label, its samples seed by seed: label 207 is seed4-00, seed4-01, seed5-00,
+    # seed5-01, label 3 is seed4-02, seed4-03, seed5-02, seed5-03
+    from PIL import Image
+
+    from priorswap.provenance import read_record
+
+    record = read_record(tmp_path / "grid.png")
+    rows = [[f"seed{s}-{i:02d}" for s in (4, 5) for i in (2 * j, 2 * j + 1)] for j in (0, 1)]
+    assert record["grid"] == {"rows": 2, "columns": 4, "row": "task input"} and record["images"] == sum(rows, [])
+    assert read_record(lat)["images"] == [f"seed{s}-{i:02d}" for s in (4, 5) for i in range(4)]  # latents: seed by seed
+    grid = torch.tensor(np.asarray(Image.open(tmp_path / "grid.png")))
+    cell = torch.tensor(np.asarray(Image.open(folder / "seed4-00.png")))
+    h, w = cell.shape[:2]
+    assert grid.shape[:2] == (2 * (h + 2) + 2, 4 * (w + 2) + 2)
+    for r, names in enumerate(rows):
+        for c, name in enumerate(names):
+            top, left = 2 + r * (h + 2), 2 + c * (w + 2)
+            expected = torch.tensor(np.asarray(Image.open(folder / f"{name}.png")))
+            assert torch.equal(grid[top : top + h, left : left + w], expected), name
     latents = load_file(lat)["latents"]
     pair = priorswap.load_pair(str(dit_folder), prior=str(dit_prior_folder))
     for k, s in enumerate((4, 5)):

@@ -471,3 +471,34 @@ def test_input_images_are_opened_before_any_weights_load(tmp_path):
     assert "line 1" not in str(info.value)
     write_items(tmp_path, [{"image": ["in.png"], "angle": 20}])
     assert load_items(tmp_path, ToyViewTask)[0].inputs.image == [tmp_path / "in.png"]  # relative to the folder
+
+
+def test_eval_data_runs_the_task_check_inputs_per_line_before_loading(tmp_path, capsys, monkeypatch, zero123_folder):
+    """What `priorswap sample` checks against the model's entry (`Task.check_inputs`) is checked for every
+    line of a dataset too, with the model's resolved entry, and a bad line stops the run before any weights
+    load, naming the line."""
+    from priorswap import api
+    from priorswap.errors import PriorswapError
+    from priorswap.plugins.zero123.task import NovelViewTask
+
+    seen = []
+
+    def check_inputs(cls, inputs, entry):
+        seen.append((inputs.azimuth, entry.source.path))
+        if inputs.azimuth > 90:
+            raise PriorswapError(f"azimuth {inputs.azimuth} is beyond what this model was trained on")
+
+    def never(*args, **kwargs):
+        raise AssertionError("weights were loaded before the dataset was checked")
+
+    monkeypatch.setattr(NovelViewTask, "check_inputs", classmethod(check_inputs))
+    monkeypatch.setattr(api, "load_pair", never)
+    write_png(tmp_path / "data" / "in.png", 0)
+    data = write_items(tmp_path / "data", [{"image": "in.png", "azimuth": 30, "polar": 0},
+                                           {"image": "in.png", "azimuth": 120, "polar": 0}])
+    out = tmp_path / "eval"
+    code, _, err = run_cli(capsys, "eval", "--model", str(zero123_folder), "--data", str(data), "--out", str(out))
+    message = " ".join(err.split())
+    assert code == 2 and "line 2: azimuth 120.0 is beyond" in message and "line 1" not in message, message
+    assert seen == [(30.0, str(zero123_folder.resolve())), (120.0, str(zero123_folder.resolve()))]
+    assert not out.exists()

@@ -47,7 +47,8 @@ def test_each_file_records_its_run(written):
     assert rec["inputs"] == {"class_label": [3, 5]}
     assert rec["command"].startswith(f"priorswap sample --model {MODEL} --prior {PRIOR}")
     grid = read_record(written / "grid.png")
-    assert grid["seed"] == [1, 2] and grid["images"] == ["seed1-00", "seed1-01", "seed2-00", "seed2-01"]
+    assert grid["seed"] == [1, 2] and grid["grid"] == {"rows": 2, "columns": 2, "row": "task input"}
+    assert grid["images"] == ["seed1-00", "seed2-00", "seed1-01", "seed2-01"]  # a row per label, seeds across
 
 
 def test_a_record_redoes_its_image(written):
