@@ -32,3 +32,6 @@ def test_bench_tiny_mode_runs(script, expect, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert expect in done.stdout
     assert "identical output: False" not in done.stdout
+    if script == "step_time.py":  # first and later steps timed apart, the engine's own cost, the 50-step estimate
+        assert "later steps" in done.stdout and "outside the network forwards" in done.stdout
+        assert "a 50-step run: cfg" in done.stdout
