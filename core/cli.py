@@ -292,14 +292,15 @@ def sample(
             write_atomic_safetensors(save_latents, {"latents": torch.cat(latents)}, record=batch_record)
             written.append(save_latents)
         if out is not None:
-            n_inputs = pair.task.batch_size(inputs)
-            if n_inputs > 1 and len(seed_list) * num_samples > 1:  # one row per task input, its samples seed by seed
+            n_inputs, cells = pair.task.batch_size(inputs), torch.cat(images)
+            per_input = len(seed_list) * num_samples
+            if n_inputs > 1 and per_input > 1 and len(cells) == n_inputs * per_input:  # a row per task input
                 order = input_rows(len(seed_list), n_inputs, num_samples)
-                grid, columns = torch.cat(images)[order], len(seed_list) * num_samples
+                grid, columns = cells[order], per_input
                 grid_record = {**batch_record, "images": [names[i] for i in order],
                                "grid": {"rows": n_inputs, "columns": columns, "row": "task input"}}
             else:
-                grid, columns, grid_record = torch.cat(images), None, batch_record
+                grid, columns, grid_record = cells, None, batch_record
             save_grid(grid, out, columns=columns, record=grid_record)
             written.append(out)
         if out_dir is not None:
