@@ -10,7 +10,8 @@ of the 256 px novel-view task (latent 32×32, decode off) alternate between
 
 The task's conditions (source image through the CLIP image encoder and the VAE encoder) are the same
 in every run, so they are computed once and reused, and short runs alternate finely (less drift between
-the two sides). A callback timestamps every step. The first step of a run also computes what each
+the two sides). A callback timestamps every step, and the networks' forwards are timed too (a step's
+time minus its forwards is the engine's own cost, printed per step). The first step of a run also computes what each
 network derives from its condition alone (the engine reuses it at later steps), so the script reports
 the first step and the later steps apart, and from them the seconds per step of a 50-step run
 (Zero-1-to-3's default): (first + 49·later) / 50. It prints the medians of each, the ratio swap/CFG for
@@ -71,7 +72,7 @@ def time_forwards(pair) -> list[float]:
     """Wraps the model's and the prior's `forward` to log the seconds of every call into the returned list:
     a step's time minus its forwards is what the engine adds around the networks."""
     log: list[float] = []
-    for denoiser in {id(d): d for d in (pair.model.denoiser, pair.prior.denoiser)}.values():
+    for denoiser in (pair.model.denoiser, pair.prior.denoiser):
         def timed(*args, _forward=denoiser.forward, **kwargs):
             start = time.perf_counter()
             out = _forward(*args, **kwargs)
