@@ -67,9 +67,11 @@ def list_(registry: RegistryOpt = None) -> None:
 
 @app.command()
 def pairs(
-    model: Annotated[str, typer.Argument(
-        help="Fine-tuned model: registry id, local diffusers folder or checkpoint file (FILE[#variant]).")],
+    model: Annotated[str | None, typer.Argument(
+        help="Fine-tuned model: registry id, local diffusers folder or checkpoint file (FILE[#variant]).")] = None,
     prior: Annotated[str | None, typer.Option(help="Check one prior (id, folder or file) instead of all.")] = None,
+    model_option: Annotated[str | None, typer.Option(
+        "--model", help="The same as MODEL, spelled as `sample` takes it.")] = None,
     match: Annotated[str, typer.Option(help="σ-matching: continuous or nearest.")] = "continuous",
     allow_pickle: Annotated[bool, typer.Option(
         "--allow-pickle", help="Allow reading the tensor names of a pickled checkpoint file (weights_only).")] = False,
@@ -81,6 +83,12 @@ def pairs(
     from .api import MATCHES
     from .loading import compatible_priors, resolve
 
+    if model is None or model_option is None:
+        model = model or model_option
+    elif model != model_option:
+        raise PriorswapError(f"two models given ('{model}' and --model '{model_option}'); give one")
+    if model is None:
+        raise PriorswapError("which model? `priorswap pairs MODEL` (or --model MODEL)")
     checks.one_of(match, "--match", MATCHES)
     reg, plugins = _registry(registry)
     if prior is not None:
@@ -167,14 +175,20 @@ def _task_inputs(task: Any, raw: dict[str, list[str]]) -> Any:
 
 
 def _problem(error: dict) -> str:
-    """One pydantic error as the CLI user sees it: `--class-label (value 2): Input should be ...`."""
+    """One pydantic error as the CLI user sees it: `--class-label (value 2, got '99'): Input should be ...`."""
     message = error["msg"].removeprefix("Value error, ")
     loc = [str(part) for part in error["loc"]]
     if not loc:
         return message
     where = "--" + loc[0].replace("_", "-")
+    given = error.get("input")
+    # pydantic's own checks do not repeat the value; a task's validators (type "value_error") word their own
+    shown = isinstance(given, str | int | float) and error["type"] not in ("missing", "value_error")
+    got = f"got '{given}'" if shown else ""
     if len(loc) > 1 and loc[1].isdigit():
-        where += f" (value {int(loc[1]) + 1})"
+        where += f" (value {int(loc[1]) + 1}" + (f", {got})" if got else ")")
+    elif got:
+        where += f" ({got})"
     return f"{where}: {message}"
 
 

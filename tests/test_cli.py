@@ -297,6 +297,17 @@ def test_list_options_refuse_repeats_and_pairs_checks_match(capsys):
     assert code == 2 and "--match" in err and "continuous" in err
 
 
+def test_pairs_takes_the_model_as_argument_or_as_sample_spells_it(capsys):
+    code, by_argument, _ = run_cli(capsys, "pairs", "toy-digits-class", "--prior", "toy-digits-dit-v")
+    assert code == 0 and "σ-matching" in by_argument
+    code, by_option, _ = run_cli(capsys, "pairs", "--model", "toy-digits-class", "--prior", "toy-digits-dit-v")
+    assert code == 0 and by_option == by_argument
+    code, _, err = run_cli(capsys, "pairs", "toy-digits-class", "--model", "toy-digits-base")
+    assert code == 2 and "two models given" in err
+    code, _, err = run_cli(capsys, "pairs")
+    assert code == 2 and "which model?" in err
+
+
 # ---- task inputs checked before any weights load ---------------------------------------------------------
 @pytest.fixture
 def no_loading(monkeypatch):
@@ -318,10 +329,12 @@ def no_loading(monkeypatch):
         ("toy-digits-view", ["--image", "{tmp}/notes.png"], "{tmp}/notes.png is not an image file PIL can read"),
         ("toy-digits-edit", ["--image", "{tmp}"], "{tmp} is a folder, not an image file"),
         ("toy-digits-edit", ["--source-index", "2", "--image", "{tmp}/notes.png"], "not an image file PIL can read"),
-        ("toy-digits-view", ["--source-index", "360"], "--source-index (value 1): Input should be less than 360"),
+        ("toy-digits-view", ["--source-index", "360"],
+         "--source-index (value 1, got '360'): Input should be less than 360"),
         ("toy-digits-view", ["--source-index", "4", "--source-index", "-1"],
-         "--source-index (value 2): Input should be greater than or equal to 0"),
-        ("toy-digits-class", ["--class-label", "10"], "--class-label (value 1): Input should be less than 10"),
+         "--source-index (value 2, got '-1'): Input should be greater than or equal to 0"),
+        ("toy-digits-class", ["--class-label", "10"],
+         "--class-label (value 1, got '10'): Input should be less than 10"),
     ],
 )
 def test_a_mistyped_task_input_is_refused_before_any_weights_load(tmp_path, capsys, no_loading, model, args,
@@ -379,7 +392,7 @@ def test_dit_class_labels_are_checked_against_the_networks_config_before_loading
 
     out = tmp_path / "o.png"
     for args, message in ((["--class-label", "3", "--class-label", "1000"], "class labels must be in [0, 999]"),
-                          (["--class-label", "-1"], "--class-label (value 1): Input should be greater than")):
+                          (["--class-label", "-1"], "--class-label (value 1, got '-1'): Input should be greater than")):
         code, _, err = run_cli(capsys, "sample", "--model", str(dit_folder), "--out", str(out), *args)
         assert code == 2 and message in " ".join(err.split()), err
     # a registry model whose config is in the Hugging Face cache at the pinned revision: checked the same way
