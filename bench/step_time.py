@@ -20,10 +20,13 @@ the short runs as run and for a 50-step run, and PASS/FAIL against the target sw
 where a difference comes from.
 
     flock /tmp/priorswap-bench.lock python bench/step_time.py [--work DIR] [--threads N] [--repeats 10] [--steps 3]
-        [--samples 1]
+        [--samples 1] [--conv onednn|native]
 
 `--samples N` draws N samples per run (pair.sample's num_samples): CFG's forward then has 2N rows and
 each swap forward N. The target applies at every N; the default is one sample.
+
+`--conv native` runs the convolutions on ATen's own path instead of oneDNN (see bench/gemm_batching.py: on
+some CPUs oneDNN's 1280-channel convolutions at 8×8 and 4×4 are several times slower, and batch badly).
 
 `--tiny` runs the same on tiny configs in seconds: a smoke test, where per-step Python overhead
 dominates (diagnostic only, no target). Exit status: 0 PASS, 1 FAIL.
@@ -165,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="samples per run (CFG's forward has twice as many rows; each swap forward as many)")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs of each method (interleaved)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each method first")
+    parser.add_argument("--conv", choices=["onednn", "native"], default="onednn",
+                        help="CPU convolution backend: oneDNN (PyTorch's default) or ATen's own im2col + GEMM "
+                             "(torch.backends.mkldnn.enabled = False)")
     parser.add_argument("--no-breakdown", action="store_true", help="skip timing the bare network forwards")
     parser.add_argument("--tiny", action="store_true", help="tiny configs: a smoke test in seconds, no target")
     args = parser.parse_args(argv)
@@ -181,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
+    torch.backends.mkldnn.enabled = args.conv == "onednn"
     print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, threads {torch.get_num_threads()} "
-          f"of {os.cpu_count()} CPUs, dtype {args.dtype}, python {sys.version.split()[0]}")
+          f"of {os.cpu_count()} CPUs, dtype {args.dtype}, convolutions {args.conv}, python {sys.version.split()[0]}")
     with work_dir(args.work) as work:
         paths = ensure_folders(work, tiny=args.tiny, dtype=args.dtype)
         os.environ["PRIORSWAP_CACHE"] = str(paths["cache"])

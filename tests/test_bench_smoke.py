@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
         ("step_time.py", "model b2 + prior b2"),
         ("video_cost.py", "dual prior swap"),
         ("condition_reuse.py", "identical output: True"),
+        ("gemm_batching.py", "4×4 conv 3×3 32→32, native"),
     ],
 )
 def test_bench_tiny_mode_runs(script, expect, tmp_path):
