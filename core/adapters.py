@@ -146,14 +146,25 @@ def plan_pair(
     if model.modality == "video" and prior.modality == "image":
         plan.adapters.append(FrameByFrame())
 
-    if model.latent_space != prior.latent_space:
+    if not model.latent_space.same_as(prior.latent_space):
         ms, ps = model.latent_space, prior.latent_space
-        bridge = next((a for b in (affine_bridge, *bridges) if (a := b(ms, ps)) is not None), None)
+        bridge, failed = None, []
+        for factory in (affine_bridge, *bridges):
+            try:
+                bridge = factory(ms, ps)
+            except Exception as e:  # a broken plugin bridge must not stop pairing with the others
+                failed.append(f"{getattr(factory, 'label', getattr(factory, '__name__', factory))} raised "
+                              f"{type(e).__name__}: {e}")
+                continue
+            if bridge is not None:
+                break
+        plan.notes += [f"latent-space bridge skipped: {line}" for line in failed]
         if bridge is None:
             plan.reason = (
                 f"latent spaces differ ({ms.name}: {ms.channels} ch, family {ms.family or '?'}; "
                 f"{ps.name}: {ps.channels} ch, family {ps.family or '?'}) and no latent-space bridge "
                 "(decode→encode or fitted linear map) is installed for them"
+                + (f"; bridges that failed: {'; '.join(failed)}" if failed else "")
             )
             return plan
         plan.adapters.append(bridge)

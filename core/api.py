@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -17,7 +19,6 @@ from .errors import IncompatiblePair, PriorswapError
 from .loading import Loaded, load, resolve, task_of
 from .plugin_manager import Plugins, get_plugins
 from .provenance import run_record
-from .registry import Registry
 from .task import Task, TaskInputs
 
 SCHEDULERS = ("ddim", "euler", "native")
@@ -82,9 +83,12 @@ class Pair:
     task: Task
     match: str = "continuous"
     adapters: bool = True
+    plugins: Plugins | None = None
 
     @property
-    def routes(self) -> dict[str, Route]:
+    def routes(self) -> Mapping[str, Route]:
+        """The Route (denoiser + adapters) per role, built from the pair's current fields; read-only. To run
+        other routes, pass your own mapping to `priorswap.Sampler` (docs/python-api.md, "Lower level")."""
         routes = {"model": Route(self.model.denoiser)}
         if self.prior is not None:
             if self.prior.denoiser is self.model.denoiser:
@@ -96,7 +100,7 @@ class Pair:
                 same = self.model.denoiser.schedule.same_as(self.prior.denoiser.schedule)
                 adapters = tuple(self.plan.adapters) if self.plan else ()
                 routes["prior"] = Route(self.prior.denoiser, adapters, "same" if same else self.match)
-        return routes
+        return MappingProxyType(routes)
 
     def guidance_for(
         self, method: str | None, scale: float | None, image_scale: float | None = None
@@ -110,7 +114,8 @@ class Pair:
             kind = "two conditions (dual guidance)" if dual else "one condition"
             raise PriorswapError(f"guidance '{method}' does not fit the task '{self.task.name}', which has {kind}")
         if method in G.PRIOR_METHODS and self.prior is None:
-            raise PriorswapError(f"guidance '{method}' needs a prior: pass --prior")
+            raise PriorswapError(f"guidance '{method}' needs a prior: load the pair with one "
+                                 "(--prior on the command line, prior= in load_pair)")
         if image_scale is not None and method not in G.DUAL_METHODS:
             raise PriorswapError(f"an image guidance scale (--image-guidance) applies to dual guidance only; "
                                  f"'{method}' has one scale (--guidance)")
@@ -135,6 +140,7 @@ class Pair:
         image_scale: float | None = None,
         steps: int | None = None,
         seed: int = 0,
+        noise: torch.Tensor | None = None,
         scheduler: str | None = None,
         callback: Callable[[StepInfo], None] | None = None,
         decode: bool = True,
@@ -148,9 +154,15 @@ class Pair:
         `num_samples` draws that many samples per task input (rows ordered input by input). `eta`: DDIM
         stochasticity (default: the registry's recommendation, usually 0). `autocast` (e.g. torch.float16)
         runs the networks under torch.autocast in that dtype, weights unchanged (mixed precision, as the
-        official DynamiCrafter scripts sample)."""
-        if num_samples < 1:
-            raise PriorswapError(f"num_samples must be at least 1, got {num_samples}")
+        official DynamiCrafter scripts sample). The initial noise is
+        `torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=<the model's dtype>)` drawn on
+        the CPU and moved to the model's device, or `noise` when given: unit-variance noise of exactly that
+        shape (DDIM's η noise still comes from `seed`)."""
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise PriorswapError(f"num_samples must be a whole number of at least 1, got {num_samples!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise PriorswapError(f"seed must be one whole number from 0 to 2**63 − 1, got {seed!r}; for several "
+                                 "seeds, call sample once per seed (the CLI's --seeds does)")
         rec = self.model.resolved.entry.recommended
         rule = guidance if isinstance(guidance, G.Guidance) else self.guidance_for(guidance, scale, image_scale)
         args = self.inputs(inputs, **task_inputs)
@@ -180,20 +192,28 @@ class Pair:
         generator = torch.Generator(device="cpu").manual_seed(seed)
         from diffusers.utils.torch_utils import randn_tensor
 
-        noise = randn_tensor(shape, generator=generator, dtype=model.dtype)
+        if noise is None:
+            start = randn_tensor(shape, generator=generator, dtype=model.dtype)
+        elif not isinstance(noise, torch.Tensor) or tuple(noise.shape) != tuple(shape):
+            got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+            raise PriorswapError(f"noise must be a tensor of shape {tuple(shape)} (the task's latent shape × "
+                                 f"num_samples), got {got}")
+        else:
+            start = noise.to(model.dtype)
         sampler = Sampler(self.routes, conditions, rule, sched)
         mixed = torch.autocast(model.device.type, dtype=autocast) if autocast is not None else nullcontext()
         with mixed:
-            latents = sampler.run(noise.to(model.device), steps, callback, eta=eta, generator=generator)
-        images = self.task.decode(latents) if decode else None
+            latents = sampler.run(start.to(model.device), steps, callback, eta=eta, generator=generator)
+        images = self.task.decode_with(latents, args) if decode else None
         record = run_record(self, rule, args, steps=steps, scheduler=scheduler, eta=eta, seed=seed,
-                            num_samples=num_samples, autocast=autocast)
+                            num_samples=num_samples, autocast=autocast,
+                            noise="seed" if noise is None else "given")
         return SampleResult(latents, images, rule, seed, steps, dict(sampler.forward_calls), record)
 
 
 def load_pair(
-    model: str,
-    prior: str | None = None,
+    model: str | os.PathLike,
+    prior: str | os.PathLike | None = None,
     *,
     registry_files: list[str] | tuple[str, ...] = (),
     offline: bool | None = None,
@@ -217,8 +237,15 @@ def load_pair(
     """
     if match not in MATCHES:
         raise PriorswapError(f"σ-matching must be one of {', '.join(MATCHES)}, got {match!r}")
+    for role, ref in (("model", model), ("prior", prior)):
+        if ref is not None and not isinstance(ref, str | os.PathLike):
+            raise PriorswapError(
+                f"load_pair takes the {role} as a registry id or a folder, got a {type(ref).__name__}; to sample "
+                "with Denoiser objects you built yourself, give them to priorswap.Sampler (docs/python-api.md, "
+                "\"Your own denoisers\")")
+    model, prior = os.fspath(model), (os.fspath(prior) if prior is not None else None)
     plugins = plugins or get_plugins()
-    registry = Registry.load(registry_files, plugins.registry_files)
+    registry = plugins.load_registry(registry_files)
     load_device = "cpu" if offload else device
     options = {"offline": offline, "allow_pickle": allow_pickle, "dtype": dtype, "device": load_device}
     model_res = resolve(model, registry, plugins, allow_pickle=allow_pickle)
@@ -239,4 +266,4 @@ def load_pair(
             offload_denoiser(loaded.denoiser, device)
     _, task_cls = task_of(model_res.entry, model, plugins)
     task = task_cls(loaded_model.denoiser, loaded_model.folder)
-    return Pair(loaded_model, loaded_prior, plan, task, match, adapters)
+    return Pair(loaded_model, loaded_prior, plan, task, match, adapters, plugins)

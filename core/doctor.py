@@ -5,12 +5,13 @@ from __future__ import annotations
 import importlib.metadata as md
 import os
 import platform
+import warnings
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from .errors import PriorswapError
+from .errors import PluginRegistryWarning, PriorswapError
 
 PACKAGES = ("torch", "diffusers", "transformers", "huggingface_hub", "safetensors", "pluggy", "pydantic")
 
@@ -19,7 +20,6 @@ def report(console: Console, registry_files: list[str]) -> bool:
     """Prints the report; returns False when something is broken."""
     from .family import resolve_ref
     from .plugin_manager import ENV, get_plugins
-    from .registry import Registry
 
     ok = True
     env = Table(title="Environment", title_justify="left")
@@ -63,9 +63,15 @@ def report(console: Console, registry_files: list[str]) -> bool:
 
     refs = plugins.lazy_references()
     broken_refs = 0
+    from .task import Task
+
     for plugin, what, ref in refs:
         try:
-            resolve_ref(ref)
+            value = resolve_ref(ref)
+            if what.startswith("task ") and not (isinstance(value, type) and issubclass(value, Task)):
+                raise PriorswapError(f"{ref!r} is not a priorswap.Task subclass")
+            if not what.startswith("task ") and not callable(value):
+                raise PriorswapError(f"{ref!r} is not callable")
         except PriorswapError as e:
             console.print(f"[red]plugin {plugin}, {what}:[/] {e}", soft_wrap=True)
             broken_refs += 1
@@ -75,7 +81,14 @@ def report(console: Console, registry_files: list[str]) -> bool:
         console.print(f"Plugin references: [green]all {len(refs)} resolve[/]")
 
     try:
-        reg = Registry.load(registry_files, plugins.registry_files)
+        with warnings.catch_warnings():  # the skipped plugin files are reported below, once
+            warnings.simplefilter("ignore", PluginRegistryWarning)
+            reg = plugins.load_registry(registry_files)
+        owner = {str(path): plugin for plugin, kind, _, path in plugins.items if kind == "registry"}
+        for origin, why in reg.skipped:
+            console.print(f"[red]plugin {owner.get(origin, '?')}, registry file skipped in part or whole:[/] "
+                          f"{why}", soft_wrap=True)
+            ok = False
         missing = sorted({e.plugin for e in reg.models.values()} - set(plugins.families))
         msg = f"[green]{len(reg.models)} models, {len(reg.latent_spaces)} latent spaces[/]"
         if missing:

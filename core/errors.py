@@ -29,6 +29,10 @@ class RegistryMismatchWarning(UserWarning):
     """A registry entry disagrees with the weights it loaded (their scheduler config)."""
 
 
+class PluginRegistryWarning(UserWarning):
+    """A registry file a plugin ships is broken: it (or its broken entries) is skipped, the rest works."""
+
+
 class MetricUnavailable(Exception):
     """A metric cannot be computed here (a package does not import, weights are not cached); `reason` says
     why. Not a PriorswapError: the evaluation goes on and reports the metric as skipped."""

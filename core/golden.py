@@ -19,6 +19,7 @@ from .errors import PriorswapError
 from .family import resolve_ref
 
 FIXTURE_FILE = "fixture.json"
+REFERENCE_FILE = "io.safetensors"
 
 
 @dataclass
@@ -72,6 +73,10 @@ def read_fixture(folder: Path) -> dict:
         fixture = json.loads((folder / FIXTURE_FILE).read_text())
     except json.JSONDecodeError as e:
         raise PriorswapError(f"{folder / FIXTURE_FILE} is not valid JSON: {e}") from None
+    except OSError as e:
+        raise PriorswapError(f"{folder / FIXTURE_FILE} cannot be read: {e}") from None
+    if not isinstance(fixture, dict):
+        raise PriorswapError(f"{folder / FIXTURE_FILE} must hold a JSON object, got {type(fixture).__name__}")
     for key in ("family", "compare"):
         if key not in fixture:
             raise PriorswapError(f"{folder / FIXTURE_FILE} lacks the '{key}' field")
@@ -104,30 +109,54 @@ def compare(name: str, produced: Any, reference: Any, atol: float, rtol: float) 
 
 
 def check_fixture(folder: Path, plugins: Any = None) -> FixtureResult:
-    """Runs one fixture through its family's checker and compares every tensor of `compare`."""
+    """Runs one fixture through its family's checker and compares every tensor of `compare`.
+
+    Anything wrong with this fixture (unreadable fixture.json, a malformed tolerance, no io.safetensors,
+    a checker that raises) becomes this fixture's `error`, so the other fixtures still run."""
     from safetensors.torch import load_file
 
     from .plugin_manager import get_plugins
 
     plugins = plugins or get_plugins()
-    fixture = read_fixture(folder)
-    family = fixture["family"]
+    try:
+        fixture = read_fixture(folder)
+    except PriorswapError as e:
+        return FixtureResult(folder, "?", [], str(e))
+    family = str(fixture["family"])
+    try:
+        if not isinstance(fixture["compare"], dict) or not fixture["compare"]:
+            raise PriorswapError(f"{folder / FIXTURE_FILE}: 'compare' must map tensor names to tolerances, "
+                                 f"got {fixture['compare']!r}")
+        tolerances = {}
+        for name, spec in fixture["compare"].items():
+            try:
+                tolerances[name] = tolerance(spec)
+            except PriorswapError as e:
+                raise PriorswapError(f"{folder / FIXTURE_FILE}: compare['{name}']: {e}") from None
+        if not (folder / REFERENCE_FILE).is_file():
+            raise PriorswapError(f"{folder} has no {REFERENCE_FILE} with the reference tensors; "
+                                 "a fixture folder holds fixture.json and io.safetensors")
+    except PriorswapError as e:
+        return FixtureResult(folder, family, [], str(e))
     checkers = plugins.golden_checks
     if family not in checkers:
         known = ", ".join(sorted(checkers)) or "none"
         return FixtureResult(folder, family, [], f"no installed plugin checks the family '{family}' "
                              f"(families with golden checks: {known}).{plugins.hint()}")
     try:
+        reference = load_file(folder / REFERENCE_FILE)
+    except Exception as e:
+        return FixtureResult(folder, family, [], f"{folder / REFERENCE_FILE} does not load "
+                             f"({type(e).__name__}: {e})")
+    try:
         result = resolve_ref(checkers[family])(folder, fixture)
     except Exception as e:  # report the failure of this fixture, go on with the others
         return FixtureResult(folder, family, [], f"{type(e).__name__}: {e}")
     produced = result if isinstance(result, Produced) else Produced(dict(result))
-    reference = load_file(folder / "io.safetensors")
     comparisons = []
-    for name, spec in fixture["compare"].items():
-        atol, rtol = tolerance(spec)
+    for name, (atol, rtol) in tolerances.items():
         if name not in reference:
-            comparisons.append(Comparison(name, False, detail="not in io.safetensors"))
+            comparisons.append(Comparison(name, False, detail=f"not in {REFERENCE_FILE}"))
         elif name not in produced.tensors:
             comparisons.append(Comparison(name, False, detail="the checker did not produce it"))
         else:

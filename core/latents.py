@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,10 @@ class LatentSpace:
     shift: float = 0.0
     downsample: int = 8
     family: str = ""
+
+    def same_as(self, other: LatentSpace) -> bool:
+        """The same space under any name (a folder's inline space equals its registry twin)."""
+        return replace(self, name=other.name) == other
 
     def affine_to(self, other: LatentSpace) -> tuple[float, float]:
         """(k, c) with other_latent = k·self_latent + c, for two spaces of the same autoencoder."""

@@ -191,7 +191,7 @@ def task_and_entry(
     model: str, registry_files: list[str], plugins: Plugins, *, allow_pickle: bool = False
 ) -> tuple[str, type[Task], ModelEntry]:
     """`task_for` plus the model's resolved registry entry (for `Task.check_inputs`)."""
-    registry = Registry.load(registry_files, plugins.registry_files)
+    registry = plugins.load_registry(registry_files)
     entry = resolve(model, registry, plugins, allow_pickle=allow_pickle).entry
     return (*task_of(entry, model, plugins), entry)
 
@@ -204,7 +204,7 @@ def task_of(entry: ModelEntry, model: str, plugins: Plugins) -> tuple[str, type[
             f"no task '{name}' is registered for '{model}' (registered tasks: {', '.join(plugins.tasks) or 'none'}); "
             f"the plugin that provides it may not be installed.{plugins.hint()}"
         )
-    return name, resolve_ref(plugins.tasks[name])
+    return name, plugins.task(name)
 
 
 def compatible_priors(

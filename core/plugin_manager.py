@@ -7,7 +7,9 @@ that no installed entry point has is recorded as a failure (stage "PRIORSWAP_PLU
 from __future__ import annotations
 
 import os
+import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -18,7 +20,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError
-from .family import Family
+from .family import Family, resolve_ref
 
 GROUP = "priorswap"
 ENV = "PRIORSWAP_PLUGINS"
@@ -39,6 +41,8 @@ class Plugins:
     manager: pluggy.PluginManager = field(default_factory=lambda: pluggy.PluginManager(GROUP))
     items: list[tuple[str, str, str, Any]] = field(default_factory=list)  # (plugin, kind, key, value)
     failures: list[PluginFailure] = field(default_factory=list)
+    distributions: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """plugin → (distribution name, version) for plugins loaded from entry points."""
 
     def __post_init__(self) -> None:
         self.manager.add_hookspecs(hookspecs)
@@ -59,6 +63,8 @@ class Plugins:
                 plugins._fail(ep.name, "import", e)
                 continue
             plugins.add(module, ep.name)
+            if getattr(ep, "dist", None) is not None:
+                plugins.distributions[ep.name] = (ep.dist.name, ep.dist.version)
         installed = sorted({ep.name for ep in found})
         for name in sorted((names or set()) - set(installed)):  # a typo would otherwise load nothing silently
             plugins.failures.append(PluginFailure(
@@ -97,25 +103,14 @@ class Plugins:
                 self.items.append((name, "commands", "", impl.function))
 
     def _sink(self, plugin: str, kind: str) -> Any:
+        """The `register` callback a hook gets. A wrong argument is recorded as this plugin's failure and
+        skipped (the hook goes on), so one bad registration never breaks the other plugins."""
+
         def register(*args: Any) -> None:
-            if kind == "denoisers":
-                (family,) = args
-                if not isinstance(family, Family):
-                    raise TypeError(f"register_denoisers takes priorswap.Family objects, got {type(family)!r}")
-                self.items.append((plugin, "family", family.name, family))
-            elif kind == "tasks":
-                task_name, task = args
-                self.items.append((plugin, "task", task_name, task))
-            elif kind == "adapters":
-                self.items.append((plugin, "bridge", "", args[0]))
-            elif kind == "golden_checks":
-                family_name, checker = args
-                self.items.append((plugin, "golden", family_name, checker))
-            elif kind == "evaluators":
-                task_name, evaluator = args
-                self.items.append((plugin, "evaluator", task_name, evaluator))
-            else:
-                self.items.append((plugin, "registry", "", Path(args[0])))
+            try:
+                self.items.append((plugin, *_registration(kind, args)))
+            except (TypeError, ValueError) as e:
+                self._fail(plugin, f"register_{kind}", e)
 
         return register
 
@@ -150,8 +145,9 @@ class Plugins:
         return {key: value for _, key, value in self._of("task")}
 
     @property
-    def bridges(self) -> list[Any]:
-        return [value for _, _, value in self._of("bridge")]
+    def bridges(self) -> list[PluginBridge]:
+        """The latent-space bridges plugins registered, each resolved on first use and named by its plugin."""
+        return [PluginBridge(plugin, value) for plugin, _, value in self._of("bridge")]
 
     @property
     def golden_checks(self) -> dict[str, Any]:
@@ -167,6 +163,27 @@ class Plugins:
     def registry_files(self) -> list[Path]:
         return [value for _, _, value in self._of("registry")]
 
+    def task(self, name: str) -> type:
+        """The task class registered as `name`, its lazy reference resolved and checked."""
+        from .task import Task
+
+        plugin, value = next((p, v) for p, k, key, v in self.items if k == "task" and key == name)
+        task = resolve_ref(value)
+        if not (isinstance(task, type) and issubclass(task, Task)):
+            raise PluginError(f"plugin {plugin} registers the task '{name}' as {value!r}, which is not a "
+                              "priorswap.Task subclass; fix the plugin")
+        return task
+
+    def provider(self, family: str) -> dict[str, str]:
+        """Who provides a model family: {"family", "plugin", "package", "version"} (as far as known)."""
+        plugin = next((p for p, k, key, _ in self.items if k == "family" and key == family), None)
+        out = {"family": family}
+        if plugin is not None:
+            out["plugin"] = plugin
+            if plugin in self.distributions:
+                out["package"], out["version"] = self.distributions[plugin]
+        return out
+
     def registered_by(self, plugin: str) -> list[str]:
         """One line per thing a plugin registered, for `priorswap doctor`."""
         return [f"{kind} {key}".strip() for p, kind, key, _ in self.items if p == plugin]
@@ -180,8 +197,8 @@ class Plugins:
                     ref = getattr(value, attr)
                     if isinstance(ref, str):
                         refs.append((plugin, f"family {key}: {attr}", ref))
-            elif kind in ("task", "golden", "evaluator") and isinstance(value, str):
-                refs.append((plugin, f"{kind} {key}", value))
+            elif kind in ("task", "golden", "evaluator", "bridge") and isinstance(value, str):
+                refs.append((plugin, f"{kind} {key}".strip(), value))
         return refs
 
     def _fail(self, plugin: str, stage: str, error: BaseException) -> None:
@@ -199,12 +216,25 @@ class Plugins:
             parts.append(f"{ENV}={os.environ[ENV]!r} restricts which plugins load.")
         return (" " + " ".join(parts)) if parts else ""
 
+    def load_registry(self, extra_files: list[str] | tuple[str, ...] = ()) -> Any:
+        """The merged Registry with these plugins' registry files (errors carry `hint()`)."""
+        from .registry import Registry
+
+        return Registry.load(extra_files, self.registry_files, hint=self.hint())
+
     def family(self, name: str) -> Family:
         families = self.families
         if name not in families:
-            known = ", ".join(sorted(families)) or "none"
+            import difflib
+
+            close = difflib.get_close_matches(name, families, n=3)
+            known = ", ".join(f"{key} (plugin {plugin})" for plugin, key, _ in sorted(self._of("family"),
+                                                                                      key=lambda x: x[1]))
             raise PluginError(
-                f"no installed plugin provides the model family '{name}' (installed: {known}).{self.hint()}"
+                f"no installed plugin provides the model family '{name}'"
+                + (f"; did you mean {', '.join(close)}?" if close else "")
+                + f" Families: {known or 'none'}. A registry entry's `plugin` field names a family; install "
+                f"the plugin that provides it into this environment.{self.hint()}"
             )
         return families[name]
 
@@ -213,6 +243,65 @@ class Plugins:
 
     def names(self) -> list[str]:
         return [name for name, _ in self.manager.list_name_plugin()]
+
+
+@dataclass(frozen=True)
+class PluginBridge:
+    """A registered latent-space bridge: the plugin's factory (or "module:attr"), resolved when called."""
+
+    plugin: str
+    ref: Any
+
+    @property
+    def label(self) -> str:
+        name = self.ref if isinstance(self.ref, str) else getattr(self.ref, "__qualname__", repr(self.ref))
+        return f"bridge {name} of plugin {self.plugin}"
+
+    def __call__(self, model_space: Any, prior_space: Any) -> Any:
+        return resolve_ref(self.ref)(model_space, prior_space)
+
+
+def _registration(kind: str, args: tuple) -> tuple[str, str, Any]:
+    """(kind, key, value) for one register(...) call of a hook, or TypeError/ValueError saying what is wrong."""
+    # a Task subclass exists only once priorswap.task (and torch) is imported: don't import it here
+    task_module = sys.modules.get(__name__.rpartition(".")[0] + ".task")
+
+    def is_task(value: Any) -> bool:
+        return task_module is not None and isinstance(value, type) and issubclass(value, task_module.Task)
+
+    def lazy_or(check: Callable[[Any], bool], value: Any, expected: str, hook: str) -> Any:
+        if isinstance(value, str) and ":" in value or check(value):
+            return value
+        raise TypeError(f"{hook} takes {expected} or a lazy 'package.module:attr' string, got {value!r}")
+
+    def arguments(n: int, usage: str) -> tuple:
+        if len(args) != n:
+            raise TypeError(f"register_{kind} takes register({usage}), got {len(args)} argument(s)")
+        return args
+
+    if kind == "denoisers":
+        (family,) = arguments(1, "Family(...)")
+        if not isinstance(family, Family):
+            raise TypeError(f"register_denoisers takes priorswap.Family objects, got {family!r}")
+        return "family", family.name, family
+    if kind == "tasks":
+        name, task = arguments(2, "name, TaskClass")
+        return "task", str(name), lazy_or(is_task, task, "a priorswap.Task subclass", "register_tasks")
+    if kind == "adapters":
+        (factory,) = arguments(1, "factory")
+        return "bridge", "", lazy_or(callable, factory, "a factory(model_space, prior_space)", "register_adapters")
+    if kind == "golden_checks":
+        family_name, checker = arguments(2, "family, checker")
+        return "golden", str(family_name), lazy_or(callable, checker, "a checker(folder, fixture)",
+                                                   "register_golden_checks")
+    if kind == "evaluators":
+        task_name, evaluator = arguments(2, "task_name, evaluator")
+        return "evaluator", str(task_name), lazy_or(callable, evaluator, "an evaluator(request)",
+                                                    "register_evaluators")
+    (path,) = arguments(1, "path")
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"register_registry_files takes a path to a YAML file, got {path!r}")
+    return "registry", "", Path(path)
 
 
 _CACHE: Plugins | None = None

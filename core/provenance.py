@@ -32,12 +32,13 @@ def command_line(argv: list[str] | None = None) -> str:
     return shlex.join(["priorswap", *(sys.argv[1:] if argv is None else argv)])
 
 
-def _role(loaded: Any) -> dict[str, Any] | None:
+def _role(loaded: Any, plugins: Any) -> dict[str, Any] | None:
     if loaded is None:
         return None
     entry = loaded.resolved.entry
     source = entry.source.model_dump(mode="json", exclude_defaults=True)
-    return {"id": loaded.id, "source": source, "dtype": str(loaded.denoiser.dtype).removeprefix("torch.")}
+    return {"id": loaded.id, "source": source, "dtype": str(loaded.denoiser.dtype).removeprefix("torch."),
+            "plugin": plugins.provider(entry.plugin)}
 
 
 def formula(terms: list[tuple[float, str, str]]) -> str:
@@ -94,26 +95,30 @@ def _device(denoiser: Any) -> str:
 
 def run_record(
     pair: Pair, rule: Guidance, inputs: TaskInputs, *, steps: int, scheduler: str, eta: float, seed: int,
-    num_samples: int, autocast: Any = None,
+    num_samples: int, autocast: Any = None, noise: str = "seed",
 ) -> dict[str, Any]:
-    """The facts of one `Pair.sample` call, JSON-ready."""
+    """The facts of one `Pair.sample` call, JSON-ready. `noise` is "seed" (drawn from `seed`) or "given"."""
     import torch
 
     from . import __version__
+    from .plugin_manager import get_plugins
+
+    plugins = pair.plugins or get_plugins()
 
     return {
         "priorswap": __version__,
         "torch": torch.__version__,
         "device": _device(pair.model.denoiser),
         "task": pair.task.name,
-        "model": _role(pair.model),
-        "prior": _role(pair.prior),
+        "model": _role(pair.model, plugins),
+        "prior": _role(pair.prior, plugins),
         "adapters": pair.plan.lines() if pair.plan is not None else [],
         "guidance": guidance_record(rule),
         "steps": steps,
         "scheduler": scheduler,
         "eta": eta,
         "seed": seed,
+        "noise": noise,
         "num_samples": num_samples,
         "autocast": str(autocast).removeprefix("torch.") if autocast is not None else None,
         "inputs": inputs.model_dump(mode="json"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -16,7 +17,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import RegistryError
+from .errors import PluginRegistryWarning, RegistryError
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -221,29 +222,57 @@ def user_registry_paths(extra: list[str] | tuple[str, ...] = ()) -> list[Path]:
 class Registry:
     """Merged view of several registry files."""
 
-    def __init__(self, files: list[tuple[str, RegistryFile]]) -> None:
+    def __init__(self, files: list[tuple[str, RegistryFile]], *, plugin_origins: frozenset[str] = frozenset(),
+                 hint: str = "") -> None:
         self.latent_spaces: dict[str, LatentSpaceSpec] = {}
         self.models: dict[str, ModelEntry] = {}
         self.origin: dict[str, str] = {}
+        self.skipped: list[tuple[str, str]] = []  # (plugin registry file, why), see Registry.load
         for origin, reg in files:
             self.latent_spaces.update(reg.latent_spaces)
             for key, entry in reg.models.items():
                 self.models[key] = entry
                 self.origin[key] = origin
-        for key, entry in self.models.items():
+        for key, entry in list(self.models.items()):
             if isinstance(entry.latent_space, str) and entry.latent_space not in self.latent_spaces:
                 close = difflib.get_close_matches(entry.latent_space, self.latent_spaces, n=3)
-                hint = f" Did you mean {', '.join(close)}?" if close else ""
-                raise RegistryError(
+                message = (
                     f"{self.origin[key]}: entry '{key}' in models, field 'latent_space': unknown latent "
-                    f"space '{entry.latent_space}' (known: {', '.join(sorted(self.latent_spaces)) or 'none'}).{hint}"
+                    f"space '{entry.latent_space}' (known: {', '.join(sorted(self.latent_spaces)) or 'none'})."
+                    + (f" Did you mean {', '.join(close)}?" if close else "")
+                    + " Latent spaces come from the shipped registry, the plugins' registry files and yours:"
+                    " the plugin that defines it may not be loaded." + hint
                 )
+                if self.origin[key] not in plugin_origins:
+                    raise RegistryError(message)
+                self._skip(self.origin[key], message, f"the entry '{key}' is skipped")
+                del self.models[key], self.origin[key]
+
+    def _skip(self, origin: str, why: str, what: str) -> None:
+        self.skipped.append((origin, why))
+        warnings.warn(f"{why} ({what}: a plugin's registry file; see `priorswap doctor`)", PluginRegistryWarning,
+                      stacklevel=3)
 
     @classmethod
-    def load(cls, extra_files: list[str] | tuple[str, ...] = (), plugin_files: list[Path] = ()) -> Registry:
-        """The shipped registry, then plugin files, then PRIORSWAP_REGISTRY and `extra_files`."""
-        paths = [shipped_registry_path(), *plugin_files, *user_registry_paths(extra_files)]
-        return cls([(str(p), parse_file(p)) for p in paths])
+    def load(cls, extra_files: list[str] | tuple[str, ...] = (), plugin_files: list[Path] = (),
+             hint: str = "") -> Registry:
+        """The shipped registry, then plugin files, then PRIORSWAP_REGISTRY and `extra_files`.
+
+        A broken plugin file (or a plugin entry naming an unknown latent space) is skipped with a
+        PluginRegistryWarning and listed in `skipped`; the shipped and the user's files must be valid.
+        `hint` is added to errors about unknown latent spaces (e.g. which plugins failed to load)."""
+        files, broken = [], []
+        for path in [shipped_registry_path(), *plugin_files, *user_registry_paths(extra_files)]:
+            try:
+                files.append((str(path), parse_file(path)))
+            except RegistryError as e:
+                if path not in plugin_files:
+                    raise
+                broken.append((str(path), str(e)))
+        registry = cls(files, plugin_origins=frozenset(map(str, plugin_files)), hint=hint)
+        for origin, why in broken:
+            registry._skip(origin, why, "the whole file is skipped")
+        return registry
 
     def entry(self, model_id: str) -> ModelEntry:
         if model_id in self.models:

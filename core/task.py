@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, ClassVar
@@ -98,5 +99,14 @@ class Task(ABC):
         return (self.batch_size(inputs), self.model.latent_space.channels, size, size)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor | None:
-        """Images in [0, 1], (B, 3, H, W), or None when the model has no decoder at hand."""
+        """Images in [0, 1], (B, 3, H, W), or None when the model has no decoder at hand.
+
+        A task whose images depend on its inputs (paste an edit back into the source, crop to the input's
+        size) declares `decode(self, latents, inputs)`: `Pair.sample` then passes the validated inputs."""
         return None
+
+    def decode_with(self, latents: torch.Tensor, inputs: TaskInputs) -> torch.Tensor | None:
+        """Calls `decode`, with the inputs when the task's `decode` takes an `inputs` parameter."""
+        if "inputs" in inspect.signature(self.decode).parameters:
+            return self.decode(latents, inputs=inputs)  # type: ignore[call-arg]
+        return self.decode(latents)

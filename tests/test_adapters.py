@@ -91,3 +91,28 @@ def test_planner_orders_and_refuses():
     assert any("v_prediction → x̂0 → epsilon" in line for line in plan.lines())
     assert not plan_pair(image, video).ok
     assert math.isclose(affine_bridge(sd, LatentSpace("h", 4, 0.091075, family="sd-kl-f8")).k, 0.5)
+
+
+def test_the_same_space_under_another_name_needs_no_adapter():
+    sd = LatentSpace("sd", 4, 0.18215, family="sd-kl-f8")
+    inline = LatentSpace("my-folder", 4, 0.18215, family="sd-kl-f8")  # what describe() gives a local folder
+    plan = plan_pair(PairSpec("m", inline, "a", "epsilon"), PairSpec("p", sd, "a", "epsilon"))
+    assert plan.ok and plan.adapters == []
+    other_scale = LatentSpace("x", 4, 0.13025, family="sd-kl-f8")
+    assert [a.name for a in plan_pair(PairSpec("m", inline, "a", "epsilon"),
+                                      PairSpec("p", other_scale, "a", "epsilon")).adapters] == ["latent-affine"]
+
+
+def test_a_bridge_that_raises_is_skipped_and_named():
+    def broken(model_space, prior_space):
+        raise RuntimeError("bridge exploded")
+
+    def working(model_space, prior_space):
+        return LatentAffine(1.0, 0.0)
+
+    a, b = LatentSpace("a", 4, family="ae-1"), LatentSpace("b", 3, family="ae-2")
+    plan = plan_pair(PairSpec("m", a, "s", "epsilon"), PairSpec("p", b, "s", "epsilon"), [broken, working])
+    assert plan.ok and [x.name for x in plan.adapters] == ["latent-affine"]
+    assert any("broken raised RuntimeError: bridge exploded" in line for line in plan.notes)
+    refused = plan_pair(PairSpec("m", a, "s", "epsilon"), PairSpec("p", b, "s", "epsilon"), [broken])
+    assert not refused.ok and "bridges that failed: broken raised RuntimeError" in refused.reason

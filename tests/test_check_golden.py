@@ -99,3 +99,19 @@ def test_cli_bad_folder_exits_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, _, err = run_cli(capsys, "check-golden", str(tmp_path / "empty"))
     assert code == 2 and "no fixture.json" in " ".join(err.split())
+
+
+def test_a_broken_fixture_fails_alone_and_is_named(tmp_path, with_plugin, capsys):
+    make_fixture(tmp_path / "root" / "good")
+    no_reference = make_fixture(tmp_path / "root" / "no_reference")
+    (no_reference / "io.safetensors").unlink()
+    make_fixture(tmp_path / "root" / "bad_tolerance", compare={"a": "tight"})
+    (tmp_path / "root" / "bad_json").mkdir()
+    (tmp_path / "root" / "bad_json" / "fixture.json").write_text("{not json")
+    with_plugin(FakeFamily())
+    code, out, err = run_cli(capsys, "check-golden", str(tmp_path / "root"))
+    out = " ".join(out.split())
+    assert code == 1 and "1 passed, 3 failed" in out and not err
+    assert "no_reference has no io.safetensors" in out
+    assert "compare['a']: a tolerance is a number" in out
+    assert "bad_json" in out and "is not valid JSON" in out

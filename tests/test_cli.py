@@ -420,3 +420,34 @@ def test_tasks_prints_readable_types(capsys):
     assert rows["--source-index"] == "INTEGER..." and rows["--class-label"] == "INTEGER..."
     assert rows["--prompt"] == "TEXT..." and rows["--frames"] == "[INTEGER]" and rows["--azimuth"] == "FLOAT"
     assert not any(word in out for word in ("Optional", "Annotated", "pathlib", "typing", "list["))
+
+
+def test_bool_task_options_take_a_flag_a_value_or_no_flag():
+    from priorswap import Task, TaskInputs
+    from priorswap.cli import _parse_task_options, _task_inputs
+    from priorswap.errors import PriorswapError
+
+    class FlagInputs(TaskInputs):
+        invert: bool = False
+        count: int = 1
+
+    class FlagTask(Task):
+        name = "flag"
+        Inputs = FlagInputs
+
+        def batch_size(self, inputs):
+            return 1
+
+        def conditions(self, inputs, denoiser):
+            return {}
+
+    def parse(*argv):
+        return _task_inputs(FlagTask, _parse_task_options(list(argv)))
+
+    assert parse("--invert").invert is True and parse("--invert", "true").invert is True
+    assert parse("--invert=false").invert is False and parse("--no-invert").invert is False
+    assert parse("--no-invert", "--count", "2").count == 2
+    with pytest.raises(PriorswapError, match="contradict"):
+        parse("--invert", "--no-invert")
+    with pytest.raises(PriorswapError, match="unknown option"):
+        parse("--no-count")

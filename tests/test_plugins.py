@@ -124,6 +124,8 @@ def test_missing_family_names_the_broken_plugins(broken_plugins):
     plugins = Plugins.discover()
     with pytest.raises(plugin_manager.PluginError, match="broken_import"):
         plugins.family("no-such-family")
+    with pytest.raises(plugin_manager.PluginError, match=r"did you mean toy\? Families: .*toy \(plugin toy\)"):
+        plugins.family("toys")
 
 
 def test_register_and_remove_a_plugin_object():
@@ -173,3 +175,95 @@ def test_remove_forgets_everything_the_plugin_registered():
     assert (len(plugins.bridges), len(plugins.registry_files)) == (before[0] + 1, before[1] + 1)
     plugins.remove("everything")
     assert (len(plugins.bridges), len(plugins.registry_files)) == before
+
+
+def test_bad_registrations_are_recorded_and_skipped_not_fatal(capsys, monkeypatch):
+    from priorswap import hookimpl
+    from priorswap.adapters import PairSpec
+    from priorswap.latents import LatentSpace
+
+    class Sloppy:
+        @hookimpl
+        def register_adapters(self, register):
+            register(42)  # neither callable nor "module:attr": recorded, the next one still registers
+            register("math:no_such_bridge")  # lazy, does not resolve: found by doctor, skipped when pairing
+
+        @hookimpl
+        def register_tasks(self, register):
+            register("not-a-task", dict)  # a class, but not a Task
+            register("lazy-not-a-task", "collections:OrderedDict")
+
+    plugins = Plugins.discover()
+    plugins.add(Sloppy(), "sloppy")
+    stages = sorted((f.plugin, f.stage) for f in plugins.failures)
+    assert stages == [("sloppy", "register_adapters"), ("sloppy", "register_tasks")]
+    assert "got 42" in " ".join(f.error for f in plugins.failures)
+    assert "not-a-task" not in plugins.tasks and "lazy-not-a-task" in plugins.tasks
+    with pytest.raises(plugin_manager.PluginError, match="plugin sloppy registers the task 'lazy-not-a-task'"):
+        plugins.task("lazy-not-a-task")
+
+    from priorswap.adapters import plan_pair
+
+    a, b = LatentSpace("a", 4, family="ae-1"), LatentSpace("b", 3, family="ae-2")
+    plan = plan_pair(PairSpec("m", a, "s", "epsilon"), PairSpec("p", a, "s", "epsilon"), plugins.bridges)
+    assert plan.ok  # same space: the broken bridge is never needed
+    plan = plan_pair(PairSpec("m", a, "s", "epsilon"), PairSpec("p", b, "s", "epsilon"), plugins.bridges)
+    assert not plan.ok and "bridge math:no_such_bridge of plugin sloppy raised PluginError" in plan.reason
+
+    monkeypatch.setattr(plugin_manager, "_CACHE", plugins)
+    code, out, _ = run_cli(capsys, "doctor")
+    out = " ".join(out.split())
+    assert code == 1 and "plugin sloppy, bridge:" in out and "plugin sloppy, task lazy-not-a-task:" in out
+    assert "not a priorswap.Task subclass" in out and "problems found" in out
+
+
+def test_a_plugins_broken_registry_file_is_skipped_not_fatal(tmp_path, capsys, monkeypatch):
+    from priorswap import hookimpl
+
+    (tmp_path / "broken.yaml").write_text("models: [this is: not a mapping\n")
+    (tmp_path / "half.yaml").write_text(textwrap.dedent("""
+        models:
+          half-lost:
+            plugin: toy
+            roles: [prior]
+            latent_space: no-such-space
+            resolution: 16
+            source: {path: /nowhere}
+    """))
+
+    class ShipsRegistries:
+        @hookimpl
+        def register_registry_files(self, register):
+            register(tmp_path / "broken.yaml")
+            register(tmp_path / "half.yaml")
+
+    plugins = Plugins.discover()
+    plugins.add(ShipsRegistries(), "ships")
+    monkeypatch.setattr(plugin_manager, "_CACHE", plugins)
+    code, out, err = run_cli(capsys, "list")
+    err = " ".join(err.split())
+    assert code == 0 and "toy-digits-base" in out and "half-lost" not in out
+    assert "broken.yaml is not valid YAML" in err and "whole file is skipped" in err
+    assert "unknown latent space 'no-such-space'" in err and "entry 'half-lost' is skipped" in err
+    code, out, _ = run_cli(capsys, "doctor")
+    out = " ".join(out.split())
+    assert code == 1 and out.count("plugin ships, registry file skipped") == 2
+
+
+def test_an_unknown_latent_space_says_plugins_may_be_missing(tmp_path, capsys, monkeypatch):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(textwrap.dedent("""
+        models:
+          my-model:
+            plugin: toy
+            roles: [model]
+            latent_space: toy-pixels
+            resolution: 16
+            source: {path: /nowhere}
+    """))
+    monkeypatch.setenv("PRIORSWAP_PLUGINS", "dit")
+    monkeypatch.setattr(plugin_manager, "_CACHE", Plugins.discover())
+    code, _, err = run_cli(capsys, "list", "--registry", str(mine))
+    err = " ".join(err.split())
+    assert code == 2 and "unknown latent space 'toy-pixels'" in err
+    assert "the plugin that defines it may not be loaded" in err and "PRIORSWAP_PLUGINS='dit'" in err

@@ -1,0 +1,87 @@
+"""The Python API's contract on the toy zoo: the initial noise, bad arguments, read-only routes, records."""
+
+import pytest
+import torch
+
+import priorswap
+from priorswap import PriorswapError, load_pair
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return load_pair("toy-digits-class", prior="toy-digits-base")
+
+
+def test_the_seed_route_is_the_documented_randn_and_noise_can_be_given(pair):
+    seeded = pair.sample(class_label=[3, 7], steps=3, seed=5, decode=False)
+    noise = torch.randn(seeded.latents.shape, generator=torch.Generator().manual_seed(5))
+    given = pair.sample(class_label=[3, 7], steps=3, seed=5, decode=False, noise=noise)
+    torch.testing.assert_close(given.latents, seeded.latents, rtol=0, atol=0)
+    assert (seeded.record["noise"], given.record["noise"]) == ("seed", "given")
+    other = pair.sample(class_label=[3, 7], steps=3, seed=5, decode=False, noise=torch.zeros_like(noise))
+    assert not torch.equal(other.latents, seeded.latents)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"seed": None}, "seed must be one whole number"),
+        ({"seed": [1, 2]}, "call sample once per seed"),
+        ({"seed": -1}, "from 0 to 2**63"),
+        ({"seed": True}, "seed must be one whole number"),
+        ({"num_samples": 1.5}, "num_samples must be a whole number"),
+        ({"noise": torch.zeros(1, 1, 8, 8)}, "noise must be a tensor of shape (1, 1, 16, 16)"),
+        ({"noise": [0.0]}, "got list"),
+    ],
+)
+def test_bad_sample_arguments_are_priorswap_errors(pair, kwargs, message):
+    with pytest.raises(PriorswapError) as info:
+        pair.sample(class_label=[3], steps=2, decode=False, **kwargs)
+    assert message in str(info.value)
+
+
+def test_routes_are_read_only_and_denoiser_objects_are_pointed_to_the_sampler(pair):
+    with pytest.raises(TypeError):
+        pair.routes["prior"] = pair.routes["model"]
+    with pytest.raises(PriorswapError, match="give them to priorswap.Sampler"):
+        load_pair(pair.model.denoiser)
+
+
+def test_a_prior_method_without_a_prior_names_both_ways_to_give_one():
+    alone = load_pair("toy-digits-class")
+    with pytest.raises(PriorswapError, match=r"--prior on the command line, prior= in load_pair"):
+        alone.sample(class_label=[3], steps=2, guidance="prior-swap")
+
+
+def test_the_record_names_the_plugin_that_provides_each_family(pair):
+    record = pair.sample(class_label=[1], steps=2, decode=False).record
+    assert record["model"]["plugin"] == {"family": "toy", "plugin": "toy", "package": "priorswap",
+                                         "version": priorswap.__version__}
+    assert record["prior"]["plugin"]["family"] == "toy"
+
+
+def test_a_task_whose_decode_takes_inputs_gets_them(pair):
+    seen = []
+
+    class Marking(type(pair.task)):
+        def decode(self, latents, inputs):
+            seen.append(inputs.class_label)
+            return super().decode(latents)
+
+    marking = load_pair("toy-digits-class", prior="toy-digits-base")
+    marking.task = Marking(marking.model.denoiser, marking.model.folder)
+    result = marking.sample(class_label=[4, 2], steps=2)
+    assert seen == [[4, 2]] and result.images.shape[0] == 2
+
+
+def test_a_local_folder_pairs_like_its_registry_id(pair):
+    from pathlib import Path
+
+    import priorswap.plugins.toy as toy
+
+    folder = Path(toy.__file__).parent / "weights" / "toy-digits-class"
+    local = load_pair(folder, prior="toy-digits-base")  # a Path, described from its files: inline latent space
+    assert local.plan.adapters == [] and pair.plan.adapters == []
+    a = local.sample(class_label=[3], steps=4, seed=1, decode=False).latents
+    b = pair.sample(class_label=[3], steps=4, seed=1, decode=False).latents
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
