@@ -270,7 +270,7 @@ def _registration(kind: str, args: tuple) -> tuple[str, str, Any]:
         return task_module is not None and isinstance(value, type) and issubclass(value, task_module.Task)
 
     def lazy_or(check: Callable[[Any], bool], value: Any, expected: str, hook: str) -> Any:
-        if isinstance(value, str) and ":" in value or check(value):
+        if (isinstance(value, str) and ":" in value) or check(value):
             return value
         raise TypeError(f"{hook} takes {expected} or a lazy 'package.module:attr' string, got {value!r}")
 

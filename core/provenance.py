@@ -126,10 +126,15 @@ def run_record(
     }
 
 
-def sample_arguments(record: dict[str, Any]) -> dict[str, Any]:
+def sample_arguments(record: dict[str, Any], noise: Any = None) -> dict[str, Any]:
     """`Pair.sample` keyword arguments that redo the recorded run (load the recorded model and prior first;
-    a grid's record holds all its seeds, so pass one `seed=` of them)."""
+    a grid's record holds all its seeds, so pass one `seed=` of them). A run that started from a given
+    noise tensor (`record["noise"] == "given"`) redoes only with that tensor: pass it as `noise`."""
     from .guidance import Guidance, Term
+
+    if record.get("noise") == "given" and noise is None:
+        raise PriorswapError("this run started from a noise tensor given to Pair.sample, not from its seed; pass "
+                             "the same tensor: sample_arguments(record, noise=...)")
 
     g = record["guidance"]
     rule = Guidance(g["method"], tuple(Term(t["weight"], t["role"], t["level"]) for t in g["terms"]),
@@ -138,6 +143,8 @@ def sample_arguments(record: dict[str, Any]) -> dict[str, Any]:
             "eta": record["eta"], "num_samples": record["num_samples"]}
     if isinstance(record["seed"], int):
         args["seed"] = record["seed"]
+    if noise is not None:
+        args["noise"] = noise
     if record.get("autocast"):
         import torch
 

@@ -85,3 +85,14 @@ def test_a_local_folder_pairs_like_its_registry_id(pair):
     a = local.sample(class_label=[3], steps=4, seed=1, decode=False).latents
     b = pair.sample(class_label=[3], steps=4, seed=1, decode=False).latents
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_record_of_given_noise_redoes_only_with_that_noise(pair):
+    from priorswap.provenance import sample_arguments
+
+    noise = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(9))
+    first = pair.sample(class_label=[5], steps=3, decode=False, noise=noise)
+    with pytest.raises(PriorswapError, match="pass the same tensor"):
+        sample_arguments(first.record)
+    again = pair.sample(**sample_arguments(first.record, noise=noise), decode=False)
+    torch.testing.assert_close(again.latents, first.latents, rtol=0, atol=0)
