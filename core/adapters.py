@@ -175,9 +175,10 @@ def plan_pair(
         plan.adapters.append(Resample(prior.latent_size))
 
     if model.schedule_key != prior.schedule_key:
-        plan.notes.append(f"σ-matching ({match}): {model.schedule_key} → {prior.schedule_key}")
+        plan.notes.append(f"σ-matching ({match}): model's {model.schedule_key} → prior's {prior.schedule_key}")
     if model.parameterization != prior.parameterization:
-        plan.notes.append(f"parameterization: {prior.parameterization} → x̂0 → {model.parameterization}")
+        plan.notes.append(
+            f"parameterization: prior's {prior.parameterization} → x̂0 → model's {model.parameterization}")
     if prior.learned_sigma:
         plan.notes.append("learned-variance channels of the prior dropped")
     return plan

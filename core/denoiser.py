@@ -17,6 +17,20 @@ from .schedules import DiscreteSchedule, Schedule, TimestepMatch
 Modality = Literal["image", "video"]
 
 
+def dtype_and_device(net: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
+    """A network's dtype and device: its own `dtype`/`device` attributes (diffusers, transformers), else
+    those of its first floating-point parameter or buffer (a plain `nn.Module`); float32 on the CPU for
+    a network with none."""
+    dtype, device = getattr(net, "dtype", None), getattr(net, "device", None)
+    if isinstance(dtype, torch.dtype) and isinstance(device, torch.device):
+        return dtype, device
+    tensors = [*net.parameters(), *net.buffers()]
+    first = next((t for t in tensors if t.is_floating_point()), tensors[0] if tensors else None)
+    if first is None:
+        return torch.float32, torch.device("cpu")
+    return first.dtype, first.device
+
+
 class Denoiser(ABC):
     """Wraps one network. Subclasses set the attributes and implement `forward` and `null_condition`.
 
@@ -47,15 +61,15 @@ class Denoiser(ABC):
     def init_discrete(self, net: torch.nn.Module, scheduler_config: dict, request: Any) -> None:
         """Sets what a network trained on a diffusers discrete schedule shares: `net` (frozen, eval),
         latent space and resolution from the load request, schedule and parameterization from the
-        scheduler config, dtype and device from the network."""
+        scheduler config, dtype and device from the network (any torch module: a diffusers model, a
+        transformers model or a plain `nn.Module`)."""
         self.net = net.eval().requires_grad_(False)
         self.latent_space = request.latent_space
         self.scheduler_config = dict(scheduler_config)
         self.schedule = DiscreteSchedule.from_scheduler_config(self.scheduler_config)
         self.parameterization = self.scheduler_config.get("prediction_type", "epsilon")
         self.resolution = request.entry.resolution
-        self.dtype = net.dtype
-        self.device = net.device
+        self.dtype, self.device = dtype_and_device(net)
 
     @abstractmethod
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:

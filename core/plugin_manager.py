@@ -172,6 +172,14 @@ class Plugins:
         if not (isinstance(task, type) and issubclass(task, Task)):
             raise PluginError(f"plugin {plugin} registers the task '{name}' as {value!r}, which is not a "
                               "priorswap.Task subclass; fix the plugin")
+        inputs = getattr(task, "Inputs", None)
+        clashes = sorted(set(inputs.model_fields) & sampling_option_names()) if inputs is not None else []
+        if clashes:
+            raise PluginError(
+                f"plugin {plugin}'s task '{name}' has inputs named like sampling options "
+                f"({', '.join(clashes)}): `priorswap sample` and Pair.sample would take them as those options, "
+                "so the task could never receive them; rename those fields of the task's Inputs"
+            )
         return task
 
     def provider(self, family: str) -> dict[str, str]:
@@ -220,7 +228,8 @@ class Plugins:
         """The merged Registry with these plugins' registry files (errors carry `hint()`)."""
         from .registry import Registry
 
-        return Registry.load(extra_files, self.registry_files, hint=self.hint())
+        names = {str(path): plugin for plugin, _, path in self._of("registry")}
+        return Registry.load(extra_files, self.registry_files, hint=self.hint(), plugin_names=names)
 
     def family(self, name: str) -> Family:
         families = self.families
@@ -305,6 +314,19 @@ def _registration(kind: str, args: tuple) -> tuple[str, str, Any]:
 
 
 _CACHE: Plugins | None = None
+
+
+def sampling_option_names() -> set[str]:
+    """Names a task input must not take: Pair.sample's keywords and `priorswap sample`'s options (as
+    field names: `--out-dir` is out_dir)."""
+    import inspect
+
+    from .api import Pair
+    from .cli import sample
+
+    api = inspect.signature(Pair.sample).parameters
+    cli = inspect.signature(sample).parameters
+    return {n for n in api if n not in ("self", "inputs", "task_inputs")} | {n for n in cli if n != "ctx"}
 
 
 def get_plugins(refresh: bool = False) -> Plugins:

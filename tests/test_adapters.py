@@ -88,7 +88,8 @@ def test_planner_orders_and_refuses():
     image = PairSpec("i", sd, "b", "v_prediction", resolution=512, fixed_size=True, learned_sigma=True)
     plan = plan_pair(video, image)
     assert [a.name for a in plan.adapters] == ["frame-by-frame", "resample"]
-    assert any("v_prediction → x̂0 → epsilon" in line for line in plan.lines())
+    assert "parameterization: prior's v_prediction → x̂0 → model's epsilon" in plan.lines()
+    assert "σ-matching (continuous): model's a → prior's b" in plan.lines()
     assert not plan_pair(image, video).ok
     assert math.isclose(affine_bridge(sd, LatentSpace("h", 4, 0.091075, family="sd-kl-f8")).k, 0.5)
 

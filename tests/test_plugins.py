@@ -267,3 +267,34 @@ def test_an_unknown_latent_space_says_plugins_may_be_missing(tmp_path, capsys, m
     err = " ".join(err.split())
     assert code == 2 and "unknown latent space 'toy-pixels'" in err
     assert "the plugin that defines it may not be loaded" in err and "PRIORSWAP_PLUGINS='dit'" in err
+
+
+def test_a_task_input_named_like_a_sampling_option_is_refused():
+    from priorswap import Task, TaskInputs, hookimpl
+
+    class Inputs(TaskInputs):
+        label: int = 0
+        steps: int = 1  # would be taken as the number of sampling steps
+        out_dir: str = ""  # would be taken as --out-dir
+
+    class Clashing(Task):
+        name = "clashing"
+
+        def batch_size(self, inputs):
+            return 1
+
+        def conditions(self, inputs, denoiser):
+            return {}
+
+    Clashing.Inputs = Inputs
+
+    class Registers:
+        @hookimpl
+        def register_tasks(self, register):
+            register("clashing", Clashing)
+
+    plugins = Plugins.discover()
+    plugins.add(Registers(), "registers")
+    with pytest.raises(plugin_manager.PluginError, match=r"task 'clashing' has inputs named like sampling "
+                                                         r"options \(out_dir, steps\).*rename"):
+        plugins.task("clashing")
