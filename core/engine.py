@@ -76,6 +76,17 @@ class Sampler:
     forward_calls: dict[str, int] = field(default_factory=dict)
     """Forward passes per route, keyed by the roles it served ("model", "prior", "model+prior")."""
 
+    def __post_init__(self) -> None:
+        model = self.routes["model"].denoiser
+        for role, route in self.routes.items():
+            if route.match == "same" and route.naive_as is None and not model.schedule.same_as(route.denoiser.schedule):
+                raise ValueError(
+                    f"the {role} route passes the model's timesteps through unchanged (match='same'), but its "
+                    f"denoiser was trained on another noise schedule ({route.denoiser.schedule.describe()}; the "
+                    f"model's: {model.schedule.describe()}); give it Route(..., match='continuous') or "
+                    "match='nearest' to σ-match, as Pair.routes does"
+                )
+
     def _model_sigma(self, t: torch.Tensor) -> float:
         return self.routes["model"].denoiser.schedule.t_to_sigma(float(t))
 
