@@ -15,8 +15,8 @@ import torch
 from . import guidance as G
 from .adapters import Plan, plan_pair
 from .engine import Route, Sampler, StepInfo
-from .errors import IncompatiblePair, PriorswapError
-from .loading import Loaded, load, resolve, task_of
+from .errors import IncompatiblePair, PriorswapError, RegistryError
+from .loading import Loaded, Resolved, load, resolve, task_of
 from .plugin_manager import Plugins, get_plugins
 from .provenance import run_record
 from .task import Task, TaskInputs
@@ -211,6 +211,15 @@ class Pair:
         return SampleResult(latents, images, rule, seed, steps, dict(sampler.forward_calls), record)
 
 
+def role_problem(resolved: Resolved, role: str) -> str | None:
+    """Why `resolved` cannot serve as `role` ("model" or "prior"): its registry entry does not list that role;
+    None when it can. `load_pair` refuses such a pair with this message, `priorswap pairs` shows it."""
+    roles = resolved.entry.roles
+    if role in roles:
+        return None
+    return f"'{resolved.id}' cannot be used as a {role} (its registry entry lists roles: {', '.join(roles)})"
+
+
 def load_pair(
     model: str | os.PathLike,
     prior: str | os.PathLike | None = None,
@@ -250,6 +259,10 @@ def load_pair(
     options = {"offline": offline, "allow_pickle": allow_pickle, "dtype": dtype, "device": load_device}
     model_res = resolve(model, registry, plugins, allow_pickle=allow_pickle)
     prior_res = resolve(prior, registry, plugins, allow_pickle=allow_pickle) if prior is not None else None
+    for resolved, role in ((model_res, "model"), (prior_res, "prior")):  # before any weights load
+        problem = role_problem(resolved, role) if resolved is not None else None
+        if problem is not None:
+            raise RegistryError(problem)
     plan = None
     if prior_res is not None:
         plan = plan_pair(model_res.spec(), prior_res.spec(), plugins.bridges, match)

@@ -88,3 +88,25 @@ def in_range(value: float | None, option: str, low: float, high: float) -> None:
 def one_of(value: str, option: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise PriorswapError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
+
+
+MAX_SEED = 2**63 - 1
+
+
+def seed(value: int, option: str) -> None:
+    """A seed torch.Generator.manual_seed takes and the run record keeps: 0 to 2**63 − 1."""
+    if not 0 <= value <= MAX_SEED:
+        raise PriorswapError(f"{option} must be from 0 to 2**63 − 1 ({MAX_SEED}), got {value}")
+
+
+def steps(value: int | None, maximum: int) -> None:
+    """Sampling steps within the model's training timesteps (`maximum`)."""
+    if value is not None and not 1 <= value <= maximum:
+        raise PriorswapError(f"--steps must be from 1 to {maximum} (the model's training timesteps), got {value}")
+
+
+def image_guidance(value: float | None, task: type) -> None:
+    """--image-guidance only for a task with two conditions (dual guidance: its levels include "partial")."""
+    if value is not None and "partial" not in task.levels:
+        raise PriorswapError(f"--image-guidance applies to dual guidance only; task '{task.name}' has one "
+                             "condition, whose scale is --guidance")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -26,12 +27,27 @@ app = typer.Typer(
 console = Console() if sys.stdout.isatty() or os.environ.get("COLUMNS") else Console(width=160)
 err = Console(stderr=True, soft_wrap=True)  # messages stay one line each when stderr is piped
 
-MODEL_HELP = "Fine-tuned model: registry id, local diffusers folder or checkpoint file (FILE[#variant])."
+MODEL_HELP = "Fine-tuned model: registry id, local diffusers folder or checkpoint file (FILE or FILE#variant)."
 PRIOR_HELP = "Prior: registry id, local folder or checkpoint file (omit for plain CFG)."
 RegistryOpt = Annotated[
     list[str] | None,
     typer.Option("--registry", help="Extra registry YAML file(s) on top of the shipped one (repeatable)."),
 ]
+
+
+def _quiet_transformers() -> None:
+    """Silences transformers' own progress bars ("Loading weights", "Writing model shards") for a command that
+    loads models; priorswap's rich bars stay, and so do the hub's download bars (the global
+    `transformers.utils.logging.disable_progress_bar()` would hide those too). Imports transformers: call it
+    inside a command only."""
+    try:
+        from transformers.utils import logging
+    except ImportError:
+        return
+    if hasattr(logging, "set_tqdm_hook"):  # transformers ≥ 5
+        logging.set_tqdm_hook(lambda factory, args, kwargs: logging.EmptyTqdm(*args, **kwargs))
+    else:  # older releases: the flag their bars read (disable_progress_bar() would also set the hub's)
+        logging._tqdm_active = False
 
 
 def _registry(extra: list[str] | None):
@@ -66,8 +82,7 @@ def list_(registry: RegistryOpt = None) -> None:
 
 @app.command()
 def pairs(
-    model: Annotated[str | None, typer.Argument(
-        help="Fine-tuned model: registry id, local diffusers folder or checkpoint file (FILE[#variant]).")] = None,
+    model: Annotated[str | None, typer.Argument(help=MODEL_HELP)] = None,
     prior: Annotated[str | None, typer.Option(help="Check one prior (id, folder or file) instead of all.")] = None,
     model_option: Annotated[str | None, typer.Option(
         "--model", help="The same as MODEL, spelled as `sample` takes it.")] = None,
@@ -78,8 +93,8 @@ def pairs(
 ) -> None:
     """Show which priors pair with MODEL and the adapters that would be inserted."""
     from . import checks
-    from .adapters import plan_pair
-    from .api import MATCHES
+    from .adapters import Plan, plan_pair
+    from .api import MATCHES, role_problem
     from .loading import compatible_priors, resolve
 
     if model is None or model_option is None:
@@ -90,12 +105,18 @@ def pairs(
         raise PriorswapError("which model? `priorswap pairs MODEL` (or --model MODEL)")
     checks.one_of(match, "--match", MATCHES)
     reg, plugins = _registry(registry)
+    model_res = resolve(model, reg, plugins, allow_pickle=allow_pickle)
     if prior is not None:
-        plans = [plan_pair(resolve(model, reg, plugins, allow_pickle=allow_pickle).spec(),
-                           resolve(prior, reg, plugins, allow_pickle=allow_pickle).spec(),
-                           plugins.bridges, match)]
+        prior_res = resolve(prior, reg, plugins, allow_pickle=allow_pickle)
+        # the roles first, in the words `sample` refuses them with (load_pair checks them before the plan)
+        problem = role_problem(model_res, "model") or role_problem(prior_res, "prior")
+        plans = [Plan(prior_res.id, reason=problem) if problem else
+                 plan_pair(model_res.spec(), prior_res.spec(), plugins.bridges, match)]
     else:
         plans = compatible_priors(model, reg, plugins, match, allow_pickle=allow_pickle)
+        problem = role_problem(model_res, "model")
+        if problem:  # every registry prior is a prior, but MODEL is not a model: no pair samples
+            plans = [Plan(plan.prior, reason=problem) for plan in plans]
     table = Table(title=f"Priors for {model}", title_justify="left", show_lines=True)
     table.add_column("prior")
     table.add_column("pairs")
@@ -253,12 +274,16 @@ def sample(
     for path, suffix, option in ((out, ".png", "--out"), (save_latents, ".safetensors", "--save-latents")):
         if path is not None:
             if path.suffix.lower() != suffix:
-                raise PriorswapError(f"{path} should end in {suffix}")
+                raise PriorswapError(f"{option} {path} should end in {suffix} (priorswap writes "
+                                     f"{'PNG images' if suffix == '.png' else 'latents as safetensors'})")
             checks.writable_file(path, option)
     if out_dir is not None:
         checks.writable_folder(out_dir, "--out-dir")
     lo_hi = _interval(interval)
     seed_list = [seed] if seeds is None else _ints(seeds, "--seeds")
+    for s in seed_list:
+        checks.seed(s, "--seed" if seeds is None else "--seeds")
+    _check_out_and_out_dir(out, out_dir, seed_list)
     if num_samples < 1:
         raise PriorswapError(f"--num-samples must be at least 1, got {num_samples}")
     _check_sampling_options(method, guidance, image_guidance, rescale, steps, eta, match, scheduler)
@@ -269,7 +294,10 @@ def sample(
 
     from .api import load_pair
 
-    _check_task_inputs(model, raw, registry, allow_pickle)  # before any weights load
+    # before any weights load: the task inputs, and the options that depend on the model's entry and task
+    entry, task_cls = _check_task_inputs(model, raw, registry, allow_pickle)
+    _check_options_for_model(entry, task_cls, prior is not None, method, image_guidance, steps, eta, scheduler)
+    _quiet_transformers()
 
     with err.status(f"loading {model}" + (f" and {prior}" if prior else "")):
         pair = load_pair(
@@ -279,6 +307,7 @@ def sample(
             offload=offload,
         )
     inputs = _task_inputs(pair.task, raw)
+    _check_options_for_weights(pair, steps, eta, scheduler)
     rule = pair.guidance_for(method, guidance, image_guidance).with_options(rescale=rescale, interval=lo_hi)
     if pair.plan is not None and pair.plan.lines():
         err.print(f"[dim]adapters: {'; '.join(pair.plan.lines())}[/]")
@@ -335,9 +364,11 @@ def sample(
         err.print(f"{len(names)} images → {out_dir}/")
 
 
-def _check_task_inputs(model: str, raw: dict[str, list[str]], registry: list[str] | None, allow_pickle: bool) -> None:
+def _check_task_inputs(
+    model: str, raw: dict[str, list[str]], registry: list[str] | None, allow_pickle: bool
+) -> tuple[Any, Any]:
     """The task options of `sample` validated, their files checked and the task's `check_inputs` run against
-    the model's entry: everything a typo can break, without loading weights."""
+    the model's entry: everything a typo can break, without loading weights. Returns (entry, task class)."""
     from .loading import resolve, task_of
 
     reg, plugins = _registry(registry)
@@ -346,6 +377,68 @@ def _check_task_inputs(model: str, raw: dict[str, list[str]], registry: list[str
     inputs = _task_inputs(task_cls, raw)
     _check_input_files(inputs)
     task_cls.check_inputs(inputs, resolved.entry)
+    return resolved.entry, task_cls
+
+
+def _check_out_and_out_dir(out: Path | None, out_dir: Path | None, seeds: list[int]) -> None:
+    """--out must not be --out-dir itself, nor one of the per-sample files --out-dir writes (seed<S>-<i>.png)."""
+    if out is None or out_dir is None:
+        return
+    target, folder = out.resolve(), out_dir.resolve()
+    if target == folder:
+        raise PriorswapError(f"--out {out} and --out-dir {out_dir} are the same path; give the grid another name")
+    match = re.fullmatch(r"seed(\d+)-(\d+)\.png", target.name)
+    if target.parent == folder and match and int(match[1]) in seeds and target.name == (
+            f"seed{int(match[1])}-{int(match[2]):02d}.png"):
+        raise PriorswapError(f"--out {out} is one of the files --out-dir {out_dir} writes (seed<S>-<i>.png, one per "
+                             "sample): the grid would be overwritten; give it another name or folder")
+
+
+def _check_options_for_model(
+    entry: Any, task_cls: Any, has_prior: bool, method: str | None, image_guidance: float | None,
+    steps: int | None, eta: float | None, scheduler: str | None,
+) -> None:
+    """The sampling options checked against the model's registry entry and task class, before weights load."""
+    from . import checks
+    from .guidance import DUAL_METHODS, PRIOR_METHODS
+
+    dual = "partial" in task_cls.levels
+    if method is not None and dual != (method in DUAL_METHODS):
+        fits = "dual-cfg, dual-prior-swap" if dual else "cfg, prior-swap, autoguidance"
+        kind = "two conditions (dual guidance)" if dual else "one condition"
+        raise PriorswapError(f"--method {method} does not fit task '{task_cls.name}', which has {kind}; "
+                             f"use {fits}")
+    if method in PRIOR_METHODS and not has_prior:
+        raise PriorswapError(f"--method {method} needs a prior: pass --prior PRIOR "
+                             "(`priorswap pairs MODEL` lists the priors that pair with MODEL)")
+    checks.image_guidance(image_guidance, task_cls)
+    checks.steps(steps, entry.schedule.num_train_timesteps)
+    rec = entry.recommended
+    kind = scheduler or rec.scheduler
+    if kind == "euler":  # "native" is known only once its scheduler config is read (_check_options_for_weights)
+        _check_eta(eta, rec.eta, "euler")
+
+
+def _check_eta(eta: float | None, recommended: float, scheduler: str) -> None:
+    """A stochastic DDIM η (given, or the registry's) with a scheduler that is not DDIM."""
+    if eta:
+        raise PriorswapError(f"--eta {eta:g} needs --scheduler ddim (η is DDIM's stochasticity; the sampler "
+                             f"here is {scheduler})")
+    if eta is None and recommended:
+        raise PriorswapError(f"the registry entry's η={recommended:g} needs --scheduler ddim (the sampler here is "
+                             f"{scheduler}); pass --eta 0 to sample with it deterministically")
+
+
+def _check_options_for_weights(pair: Any, steps: int | None, eta: float | None, scheduler: str | None) -> None:
+    """What only the loaded weights' scheduler config tells, in the option's words: the training timesteps
+    (--steps) and the class of the native scheduler (--eta)."""
+    from . import checks
+
+    config = pair.model.denoiser.scheduler_config
+    checks.steps(steps, int(config.get("num_train_timesteps", 1000)))
+    rec = pair.model.resolved.entry.recommended
+    if (scheduler or rec.scheduler) == "native" and config.get("_class_name") != "DDIMScheduler":
+        _check_eta(eta, rec.eta, f"native ({config.get('_class_name')})")
 
 
 def _check_input_files(inputs: Any) -> None:
@@ -563,23 +656,30 @@ def eval_(
         checks.finite(value, "--guidance")
     checks.finite(image_guidance, "--image-guidance")
     device = checks.device(device)
+    seed_list = _ints(seeds, "--seeds") if seeds else None
+    for s in seed_list or []:
+        checks.seed(s, "--seeds")
     from .dataset_eval import EvalRequest, run
-    from .loading import task_for
+    from .loading import task_and_entry
 
+    plugins = get_plugins()
+    # before any weights load (and before the dataset is read): the options that depend on the model's task
+    task_name, task_cls, entry = task_and_entry(model, registry or [], plugins, allow_pickle=allow_pickle)
+    checks.image_guidance(image_guidance, task_cls)
+    checks.steps(steps, entry.schedule.num_train_timesteps)
     request = EvalRequest(
         model=model, priors=[None if p.lower() == "none" else p for p in priors],
         guidance=_floats(guidance, "--guidance") if guidance is not None else None,
-        image_guidance=image_guidance, samples=samples, seeds=_ints(seeds, "--seeds") if seeds else None,
+        image_guidance=image_guidance, samples=samples, seeds=seed_list,
         steps=steps, out=out, ablate_adapters=ablate_adapters, registry=registry or [], offline=offline,
         allow_pickle=allow_pickle, device=device, dtype=parse_dtype(dtype, "--dtype"), data=data, limit=limit,
         clip=clip, samples_per_item=1 if samples_per_item is None else samples_per_item,
         metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics is not None else None,
     )
+    _quiet_transformers()
     if data is not None:
         run(request)
         return
-    plugins = get_plugins()
-    task_name, _ = task_for(model, registry or [], plugins, allow_pickle=allow_pickle)
     evaluator = plugins.evaluators.get(task_name)
     if evaluator is None:
         raise PriorswapError(
@@ -606,8 +706,9 @@ def cache(
     """Show what priorswap keeps in its cache (sizes on disk), or clear it; all of it can be rebuilt."""
     from .cache import clear as clear_kinds
     from .cache import items
-    from .nullcache import cache_home
+    from .nullcache import cache_home, checked_home
 
+    checked_home()  # a cache setting that names a file is not an empty cache
     if clear:
         gone = clear_kinds([k for value in clear for k in value.split(",") if k])
         freed = sum(item.bytes for item in gone)

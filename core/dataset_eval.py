@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import checks
 from . import image_metrics as M
 from .datasets import Item, load_items
 from .errors import PriorswapError
@@ -91,7 +92,17 @@ def _to_unit(image: torch.Tensor) -> torch.Tensor:
 
 
 def _path(item: Item) -> Path | None:
+    """The item's one input image (the metrics' reference), or None (no such field, or a list of images)."""
     value = item.value(INPUT_FIELD)
+    return Path(value) if isinstance(value, (str, Path)) else None
+
+
+def _shown_path(item: Item) -> Path | None:
+    """The input image samples.png shows: the one input image, or the first of a list (the toy tasks' sources),
+    the source of the first output, which is the one the grid shows."""
+    value = item.value(INPUT_FIELD)
+    if isinstance(value, (list, tuple)):
+        value = next(iter(value), None)
     return Path(value) if isinstance(value, (str, Path)) else None
 
 
@@ -332,13 +343,15 @@ def grid_cells(measurer: Measurer, shown: list[Item], columns: list[str], output
     """Rows of input | target | each variant × scale for the first items; white where a cell is missing."""
     first = next(iter(outputs.values()))
     height, width = first.shape[-2:]
-    with_input = any(_path(i) for i in shown)
+    with_input = any(_shown_path(i) for i in shown)
     with_target = any(i.target for i in shown)
     cells = []
     for item in shown:
         row = []
         if with_input:
-            row.append(measurer.input_pil(item) if _path(item) else None)
+            from .images import open_image
+
+            row.append(open_image(_shown_path(item)) if _shown_path(item) else None)
         if with_target:
             row.append(measurer.target(item, (height, width)) if item.target else None)
         row += [outputs.get((item.id, c)) for c in columns]
@@ -388,15 +401,20 @@ def markdown(results: dict) -> str:
 
 
 def write_outputs(out: Path, results: dict, cells: torch.Tensor | None, columns: int) -> None:
-    """results.json, results.md and samples.png, each written atomically."""
-    from .media import save_grid, write_atomic
+    """results.json, results.md and samples.png, each written atomically; if one fails, none is left (the
+    failure is a PriorswapError naming the file)."""
+    from .media import all_or_nothing, save_grid, write_atomic
 
     text = json.dumps(results, indent=1, allow_nan=False)
-    write_atomic(out / "results.json", lambda tmp: Path(tmp).write_text(text))
     page = markdown(results)
-    write_atomic(out / "results.md", lambda tmp: Path(tmp).write_text(page))
-    if cells is not None:
-        save_grid(cells, out / "samples.png", columns=columns)
+    with all_or_nothing((out,)) as written:
+        write_atomic(out / "results.json", lambda tmp: Path(tmp).write_text(text))
+        written.append(out / "results.json")
+        write_atomic(out / "results.md", lambda tmp: Path(tmp).write_text(page))
+        written.append(out / "results.md")
+        if cells is not None:
+            save_grid(cells, out / "samples.png", columns=columns)
+            written.append(out / "samples.png")
 
 
 # ---- the run -----------------------------------------------------------------------------------------------
@@ -479,6 +497,7 @@ def run(request: EvalRequest) -> dict:
     plugins = get_plugins()
     task_name, task_cls, entry = task_and_entry(request.model, request.registry, plugins,
                                                 allow_pickle=request.allow_pickle)
+    checks.image_guidance(request.image_guidance, task_cls)  # `sample` refuses it too: never silently ignored
     if not task_cls.metrics:
         raise PriorswapError(f"task '{task_name}' declares no metrics (Task.metrics): nothing to measure")
     M.check_metric_names(task_cls.metrics, f"task '{task_name}'")
@@ -515,8 +534,8 @@ def run(request: EvalRequest) -> dict:
         "item_ids": [i.id for i in items], "seeds": seeds, "samples_per_item": request.samples_per_item,
         "steps": steps, "clip": (request.clip or M.DEFAULT_CLIP) if measurer.clip is not None else None,
         "metrics": measurer.declared, "skipped": measurer.skipped, "records": records,
-        "grid_columns": (["input"] * any(_path(i) for i in grid.items) + ["target"] * any(i.target for i in grid.items)
-                         + grid.columns),
+        "grid_columns": (["input"] * any(_shown_path(i) for i in grid.items)
+                         + ["target"] * any(i.target for i in grid.items) + grid.columns),
         "grid_items": len(grid.items),
     }
     cells, n_columns = grid_cells(measurer, grid.items, grid.columns, grid.outputs)

@@ -26,9 +26,11 @@ def write_atomic(path: Path, write) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename == tmp:  # name the destination, not the temporary file
+            raise type(e)(e.errno, e.strerror, str(path)) from e
         raise
 
 

@@ -188,6 +188,9 @@ def _parse(text: str | bytes | None, path: Path) -> dict[str, Any]:
 def read_record(path: str | Path) -> dict[str, Any]:
     """The run record embedded in a PNG, GIF, MP4 or safetensors file that priorswap wrote."""
     path = Path(path)
+    if path.is_dir():
+        raise PriorswapError(f"{path} is a folder: give a file priorswap wrote (a .png, .gif or .mp4 image or "
+                             "video, or a .safetensors latents file), e.g. one of the files in it")
     if not path.is_file():
         raise PriorswapError(f"{path} does not exist")
     suffix = path.suffix.lower()

@@ -57,3 +57,65 @@ def test_an_unknown_kind_is_a_usage_error(filled, capsys):
     message = " ".join(err.split())
     assert code == 2 and "unknown cache kind models: use converted, pickles, null, checkpoints or all" in message
     assert folder.is_dir()
+
+
+# ---- an unusable cache: a clear error or a rebuild, never a traceback ----------------------------------------------
+def test_a_cache_setting_that_names_a_file_is_not_an_empty_cache(tmp_path, monkeypatch, capsys):
+    (tmp_path / "notes.txt").write_text("not a folder")
+    for setting in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "below"):
+        monkeypatch.setenv("PRIORSWAP_CACHE", str(setting))
+        for args in (["cache"], ["cache", "--clear", "all"]):
+            code, out, err = run_cli(capsys, *args)
+            message = " ".join(err.split())
+            assert code == 2 and f"the priorswap cache {setting} (PRIORSWAP_CACHE)" in message, message
+            assert "not a folder: set PRIORSWAP_CACHE to a folder" in message and "empty" not in out
+    assert (tmp_path / "notes.txt").read_text() == "not a folder"
+
+
+def test_sampling_with_a_cache_setting_that_names_a_file_exits_2(tmp_path, monkeypatch, capsys, dit_folder,
+                                                                sd_folder):
+    (tmp_path / "notes.txt").write_text("not a folder")
+    monkeypatch.setenv("PRIORSWAP_CACHE", str(tmp_path / "notes.txt"))
+    out = tmp_path / "o.png"
+    code, _, err = run_cli(capsys, "sample", "--model", str(dit_folder), "--prior", str(sd_folder), "--class-label",
+                           "1", "--steps", "2", "--out", str(out))
+    message = " ".join(err.split())
+    assert code == 2 and "(PRIORSWAP_CACHE) is a file, not a folder" in message, message
+    assert "NotADirectoryError" not in message and "Traceback" not in message and not out.exists()
+
+
+def test_a_damaged_null_condition_is_rebuilt_with_a_warning(tmp_path, monkeypatch):
+    import torch
+
+    from priorswap.nullcache import CacheWarning, cache_dir, cached_null
+
+    monkeypatch.setenv("PRIORSWAP_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "enc").mkdir()
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return torch.arange(4.0)
+
+    assert torch.equal(cached_null(tmp_path / "enc", "k", compute), torch.arange(4.0)) and len(calls) == 1
+    assert torch.equal(cached_null(tmp_path / "enc", "k", compute), torch.arange(4.0)) and len(calls) == 1
+    (entry,) = cache_dir().iterdir()
+    entry.write_bytes(b"garbage, not safetensors")
+    with pytest.warns(CacheWarning, match="is damaged .*rebuilding it"):
+        assert torch.equal(cached_null(tmp_path / "enc", "k", compute), torch.arange(4.0))
+    assert len(calls) == 2
+    assert torch.equal(cached_null(tmp_path / "enc", "k", compute), torch.arange(4.0)) and len(calls) == 2  # rebuilt
+    assert [p.name for p in cache_dir().iterdir()] == [entry.name]  # no temporary files left
+
+
+def test_a_null_condition_that_cannot_be_cached_is_still_returned(tmp_path, monkeypatch):
+    import torch
+
+    from priorswap.nullcache import CacheWarning, cached_null
+
+    monkeypatch.setenv("PRIORSWAP_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "null").write_text("a file where the null folder goes")
+    (tmp_path / "enc").mkdir()
+    with pytest.warns(CacheWarning, match="could not cache the null condition"):
+        assert torch.equal(cached_null(tmp_path / "enc", "k", lambda: torch.ones(2)), torch.ones(2))

@@ -60,7 +60,7 @@ def test_sample_writes_png_and_latents(tmp_path, capsys, dit_folder, dit_prior_f
         (["--class-label", "1", "--num-samples", "0"], "--num-samples must be at least 1"),
         (["--class-label", "1", "--steps", "-5"], "--steps must be at least 1, got -5"),
         (["--class-label", "1", "--steps", "0"], "--steps must be at least 1, got 0"),
-        (["--class-label", "1", "--steps", "1001"], "steps must be a whole number from 1 to 1000"),
+        (["--class-label", "1", "--steps", "1001"], "--steps must be from 1 to 1000 (the model's training timesteps)"),
         (["--class-label", "1", "--method", "bogus"], "--method must be one of cfg, prior-swap"),
         (["--class-label", "1", "--guidance", "nan"], "--guidance must be a finite number"),
         (["--class-label", "1", "--rescale", "-3"], "--rescale must be between 0 and 1"),
@@ -166,7 +166,7 @@ def test_unknown_model_suggests(capsys):
 
 def test_wrong_suffix_is_refused(tmp_path, capsys, dit_folder):
     code, _, err = run_cli(capsys, "sample", "--model", str(dit_folder), "--out", str(tmp_path / "a.jpg"))
-    assert code == 2 and ".png" in err
+    assert code == 2 and f"--out {tmp_path / 'a.jpg'} should end in .png" in " ".join(err.split())
 
 
 def test_folder_without_model_index(tmp_path, capsys):
@@ -451,3 +451,18 @@ def test_bool_task_options_take_a_flag_a_value_or_no_flag():
         parse("--invert", "--no-invert")
     with pytest.raises(PriorswapError, match="unknown option"):
         parse("--no-count")
+
+
+def test_transformers_loading_bars_are_silenced_but_not_the_hubs(tmp_path, capsys, monkeypatch, dit_folder, sd_folder):
+    """A fresh cache makes the SD prior load its CLIP text encoder (transformers: a "Loading weights" bar)."""
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    monkeypatch.setenv("PRIORSWAP_CACHE", str(tmp_path / "cache"))
+    code, _, err = run_cli(capsys, "sample", "--model", str(dit_folder), "--prior", str(sd_folder), "--class-label",
+                           "1", "--steps", "2", "--out", str(tmp_path / "o.png"))
+    assert code == 0, err
+    assert list((tmp_path / "cache" / "null").iterdir())  # the text encoder did load
+    assert "Loading weights" not in err and "it/s" not in err, err
+    assert "guidance: prior-swap" in err and "images →" in err  # priorswap's own lines stay
+    assert not are_progress_bars_disabled()  # downloads keep their bars

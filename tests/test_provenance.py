@@ -85,7 +85,8 @@ def test_info_refuses_files_without_a_record(written, tmp_path, capsys):
     for path, message in ((plain, "has no priorswap record"), (text, "kept in .png, .gif, .mp4 and .safetensors"),
                           (fake, "not a readable PNG"), (tmp_path / "gone.png", "does not exist"),
                           (fake_latents, "not a readable safetensors file"),
-                          (plain_latents, "has no priorswap record")):
+                          (plain_latents, "has no priorswap record"),
+                          (tmp_path, f"{tmp_path} is a folder: give a file priorswap wrote")):
         code, out, err = run_cli(capsys, "info", str(written / "grid.png"), str(path))
         assert code == 2 and message in err and out == ""  # every file is read before anything prints
     with pytest.raises(PriorswapError, match="someone else's"):
