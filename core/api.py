@@ -15,7 +15,7 @@ import torch
 from . import guidance as G
 from .adapters import Plan, plan_pair
 from .engine import Route, Sampler, StepInfo
-from .errors import IncompatiblePair, PriorswapError, RegistryError
+from .errors import IncompatiblePair, PriorswapError, RegistryError, TaskInputError
 from .loading import Loaded, Resolved, load, resolve, task_of
 from .plugin_manager import Plugins, get_plugins
 from .provenance import run_record
@@ -127,9 +127,18 @@ class Pair:
         return G.build(method, scale, image_scale)
 
     def inputs(self, inputs: TaskInputs | dict | None = None, **kwargs: Any) -> TaskInputs:
+        """The task's validated inputs from a dict and/or keywords (a TaskInputs passes through); raises
+        TaskInputError naming each field that is wrong."""
         if isinstance(inputs, TaskInputs):
             return inputs
-        return self.task.Inputs.model_validate({**(inputs or {}), **kwargs})
+        from pydantic import ValidationError
+
+        try:
+            return self.task.Inputs.model_validate({**(inputs or {}), **kwargs})
+        except ValidationError as e:
+            fields = ", ".join(self.task.Inputs.model_fields)
+            raise TaskInputError(f"bad input for task '{self.task.name}': "
+                                 f"{'; '.join(_input_problem(x) for x in e.errors())} (its inputs: {fields})") from e
 
     def sample(
         self,
@@ -163,6 +172,9 @@ class Pair:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise PriorswapError(f"seed must be one whole number from 0 to 2**63 − 1, got {seed!r}; for several "
                                  "seeds, call sample once per seed (the CLI's --seeds does)")
+        if isinstance(guidance, int | float) and not isinstance(guidance, bool):
+            raise PriorswapError(f"guidance= is the rule (a method name such as 'prior-swap', or a Guidance); the "
+                                 f"scale γ is scale=: pair.sample(..., scale={guidance!r})")
         rec = self.model.resolved.entry.recommended
         rule = guidance if isinstance(guidance, G.Guidance) else self.guidance_for(guidance, scale, image_scale)
         args = self.inputs(inputs, **task_inputs)
@@ -209,6 +221,15 @@ class Pair:
                             num_samples=num_samples, autocast=autocast,
                             noise="seed" if noise is None else "given")
         return SampleResult(latents, images, rule, seed, steps, dict(sampler.forward_calls), record)
+
+
+def _input_problem(error: dict) -> str:
+    """One pydantic error in Python words: `class_label[0] = 207: Input should be less than 10`."""
+    loc = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        return f"{loc}: required, not given"
+    return f"{loc} = {error.get('input')!r}: {message}" if loc else message
 
 
 def role_problem(resolved: Resolved, role: str) -> str | None:
@@ -271,7 +292,9 @@ def load_pair(
     loaded_model = load(model_res, "model", plugins, **options)
     loaded_prior = None
     if prior_res is not None:
-        same = prior_res.id == model_res.id
+        # the model as its own prior shares its network (one forward for both branches), unless asked for
+        # another dtype, which takes a second copy
+        same = prior_res.id == model_res.id and (prior_dtype is None or prior_dtype == dtype)
         prior_options = {**options, "dtype": prior_dtype or dtype}
         loaded_prior = loaded_model if same else load(prior_res, "prior", plugins, **prior_options)
     if offload:

@@ -21,6 +21,11 @@ class GuidanceError(PriorswapError, ValueError):
     """A guidance rule cannot be built as asked (unknown method, weights that are not finite, bad rescale)."""
 
 
+class TaskInputError(PriorswapError, ValueError):
+    """Task inputs that do not validate (`Pair.sample`, `Pair.inputs`); the message names each field, the value
+    given and what is wrong. The pydantic ValidationError is its `__cause__`."""
+
+
 class PluginError(PriorswapError):
     """A plugin is missing, or failed to import or register."""
 

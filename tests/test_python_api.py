@@ -32,12 +32,34 @@ def test_the_seed_route_is_the_documented_randn_and_noise_can_be_given(pair):
         ({"num_samples": 1.5}, "num_samples must be a whole number"),
         ({"noise": torch.zeros(1, 1, 8, 8)}, "noise must be a tensor of shape (1, 1, 16, 16)"),
         ({"noise": [0.0]}, "got list"),
+        ({"guidance": 2.0}, "the scale γ is scale=: pair.sample(..., scale=2.0)"),
+        ({"class_label": [207]}, "bad input for task 'toy-class': class_label[0] = 207: Input should be less than 10"),
+        ({"classs": 1}, "classs = 1: Extra inputs are not permitted (its inputs: class_label)"),
     ],
 )
 def test_bad_sample_arguments_are_priorswap_errors(pair, kwargs, message):
     with pytest.raises(PriorswapError) as info:
-        pair.sample(class_label=[3], steps=2, decode=False, **kwargs)
+        pair.sample(**{"class_label": [3], "steps": 2, "decode": False, **kwargs})
     assert message in str(info.value)
+
+
+def test_bad_task_inputs_are_value_errors_caused_by_pydantic(pair):
+    from pydantic import ValidationError
+
+    from priorswap.errors import TaskInputError
+
+    with pytest.raises(ValueError) as info:  # code that caught pydantic's ValueError still does
+        pair.inputs(class_label=[])
+    assert isinstance(info.value, TaskInputError) and isinstance(info.value.__cause__, ValidationError)
+
+
+def test_a_model_as_its_own_prior_in_another_dtype_is_a_second_copy():
+    shared = load_pair("toy-digits-class", prior="toy-digits-class")
+    assert shared.prior.denoiser is shared.model.denoiser
+    two = load_pair("toy-digits-class", prior="toy-digits-class", prior_dtype=torch.float64)
+    assert (two.model.denoiser.dtype, two.prior.denoiser.dtype) == (torch.float32, torch.float64)
+    result = two.sample(class_label=[3], steps=2, decode=False)
+    assert result.forward_calls == {"model": 2, "prior": 2}
 
 
 def test_routes_are_read_only_and_denoiser_objects_are_pointed_to_the_sampler(pair):
