@@ -35,7 +35,7 @@ RegistryOpt = Annotated[
 ]
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     """Silences transformers' own progress bars ("Loading weights", "Writing model shards") for a command that
     loads models; priorswap's rich bars stay, and so do the hub's download bars (the global
     `transformers.utils.logging.disable_progress_bar()` would hide those too). Imports transformers: call it
@@ -297,7 +297,7 @@ def sample(
     # before any weights load: the task inputs, and the options that depend on the model's entry and task
     entry, task_cls = _check_task_inputs(model, raw, registry, allow_pickle)
     _check_options_for_model(entry, task_cls, prior is not None, method, image_guidance, steps, eta, scheduler)
-    _quiet_transformers()
+    quiet_transformers()
 
     with err.status(f"loading {model}" + (f" and {prior}" if prior else "")):
         pair = load_pair(
@@ -676,7 +676,7 @@ def eval_(
         clip=clip, samples_per_item=1 if samples_per_item is None else samples_per_item,
         metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics is not None else None,
     )
-    _quiet_transformers()
+    quiet_transformers()
     if data is not None:
         run(request)
         return

@@ -31,7 +31,7 @@ def register(cli: typer.Typer) -> None:
     @cli.command()
     def video(
         model: Annotated[str, typer.Option(
-            help="DynamiCrafter / VideoCrafter registry id, folder or checkpoint file (FILE[#variant]).")],
+            help="DynamiCrafter / VideoCrafter registry id, folder or checkpoint file (FILE or FILE#variant).")],
         prompt: Annotated[str, typer.Option(help="Text prompt.")],
         out: Annotated[Path, typer.Option(help="MP4 file; a .gif and a frame-strip .png are written beside it.")],
         image: Annotated[Path | None, typer.Option(help="First frame (image-to-video).")] = None,
@@ -88,11 +88,13 @@ def register(cli: typer.Typer) -> None:
         from rich.console import Console
 
         from priorswap.api import load_pair
+        from priorswap.cli import quiet_transformers
         from priorswap.media import progress_callback
         from priorswap.provenance import command_line
 
         from .video import frame_strip, save_video
 
+        quiet_transformers()
         pair = load_pair(model, prior, allow_pickle=allow_pickle, device=device, dtype=weights)
         inputs = {"prompt": prompt, "frames": frames, "fs": fs}
         if pair.task.name == "image-to-video":
