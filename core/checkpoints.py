@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import PriorswapError, WeightsUnavailable
 from .family import resolve_ref
-from .hub import PICKLE_SUFFIXES
+from .hub import PICKLE_SUFFIXES, load_pickle, unreadable
 from .nullcache import cache_home
 from .plugin_manager import Plugins
 from .registry import ModelEntry, Source
@@ -55,16 +55,10 @@ def checkpoint_keys(path: Path, *, allow_pickle: bool = False) -> set[str]:
         )
     import pickle
 
-    import torch
-
     try:
-        try:
-            data: Any = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-            data = torch.load(path, map_location="cpu", weights_only=True)
+        data: Any = load_pickle(path, mmap=True)  # maps the tensors without reading them
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
-        raise PriorswapError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else 'truncated'}); download it again") from None
+        raise unreadable(path, e) from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):

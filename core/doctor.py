@@ -7,6 +7,7 @@ import os
 import platform
 import warnings
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -14,6 +15,50 @@ from rich.table import Table
 from .errors import PluginRegistryWarning, PriorswapError
 
 PACKAGES = ("torch", "diffusers", "transformers", "huggingface_hub", "safetensors", "pluggy", "pydantic")
+
+
+def _check_entries(console: Console, reg: Any, plugins: Any) -> bool:
+    """Every entry's model family is installed and its package source resolves (False, printed, when not);
+    a local source path that does not exist is a warning only (the folder may be mounted later), and so are
+    families left out on purpose by PRIORSWAP_PLUGINS."""
+    from .hub import package_folder
+    from .loading import missing_plugin
+    from .plugin_manager import ENV
+
+    ok, restricted = True, os.environ.get(ENV) is not None
+    left_out = sorted(k for k in reg.models if missing_plugin(k, reg, plugins))
+    if left_out and restricted:
+        families = sorted({reg.models[k].plugin for k in left_out})
+        console.print(f"[yellow]Registry: {ENV} leaves out the model families {', '.join(families)}, so these "
+                      f"entries cannot load: {', '.join(left_out)}[/]", soft_wrap=True)
+    for model_id, entry in reg.models.items():
+        if model_id in left_out and not restricted:
+            console.print(f"[red]Registry: {missing_plugin(model_id, reg, plugins)}[/] (installed: "
+                          f"{', '.join(sorted(plugins.families)) or 'none'}; install its plugin or correct the "
+                          "entry)", soft_wrap=True)
+            ok = False
+        source, where = entry.source, f"the registry entry '{model_id}' (in {reg.files[model_id]})"
+        if source.package is not None:
+            try:
+                folder = package_folder(source)
+            except PriorswapError as e:
+                console.print(f"[red]Registry: {where}: {e}[/]", soft_wrap=True)
+                ok = False
+                continue
+            if not folder.is_dir():
+                console.print(f"[red]Registry: {where}: its source {source.describe()} is not a folder of the "
+                              f"installed package ({folder} does not exist)[/]", soft_wrap=True)
+                ok = False
+        elif source.path is not None and not Path(source.path).expanduser().exists():
+            console.print(f"[yellow]Registry: {where}: its source.path {source.path} does not exist[/]",
+                          soft_wrap=True)
+    replaced = [f"{key} ({reg.origin(key)} replaces {', '.join(reg.overrides(key))})" for key in reg.models
+                if reg.overrides(key)]
+    replaced += [f"latent space {name} ({reg.space_origin(name)} replaces {', '.join(reg.space_overrides(name))})"
+                 for name in reg.latent_spaces if reg.space_overrides(name)]
+    if replaced:
+        console.print(f"Registry: overridden by a later file: {'; '.join(replaced)}", soft_wrap=True)
+    return ok
 
 
 def report(console: Console, registry_files: list[str]) -> bool:
@@ -89,16 +134,9 @@ def report(console: Console, registry_files: list[str]) -> bool:
             console.print(f"[red]plugin {owner.get(origin, '?')}, registry file skipped in part or whole:[/] "
                           f"{why}", soft_wrap=True)
             ok = False
-        missing = sorted({e.plugin for e in reg.models.values()} - set(plugins.families))
-        msg = f"[green]{len(reg.models)} models, {len(reg.latent_spaces)} latent spaces[/]"
-        if missing:
-            msg += f"; [yellow]entries need model families that no loaded plugin provides: {', '.join(missing)}[/]"
-        console.print(f"Registry: {msg}", soft_wrap=True)
-        for model_id, entry in reg.models.items():
-            path = entry.source.path
-            if path is not None and entry.source.package is None and not Path(path).expanduser().exists():
-                console.print(f"[yellow]Registry entry {model_id}: its source.path {path} does not exist[/]",
-                              soft_wrap=True)
+        console.print(f"Registry: [green]{len(reg.models)} models, {len(reg.latent_spaces)} latent spaces[/]",
+                      soft_wrap=True)
+        ok = _check_entries(console, reg, plugins) and ok
     except PriorswapError as e:
         console.print(f"[red]Registry: {e}[/]")
         ok = False

@@ -35,6 +35,27 @@ def is_offline(offline: bool | None) -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
+def download_command(source: Source, folders: list[str] | None = None) -> str:
+    """The `hf download` command that puts `folders` of a hub source (all of it without `folders`) into the
+    cache. `hf download` takes one glob per `--include`, so the option repeats; the globs are quoted, so that
+    a shell passes them on instead of expanding them."""
+    include = "".join(f" --include {shlex.quote(f + '/*')}" for f in folders or ())
+    return f"hf download {source.repo}{include} --revision {source.revision}"
+
+
+def package_folder(source: Source) -> Path:
+    """The folder `source.path` inside the installed Python package `source.package`."""
+    try:
+        root = resources.files(source.package)
+    except ImportError as e:  # ModuleNotFoundError included
+        raise WeightsUnavailable(
+            f"the source {source.package}:{source.path} is a folder inside the Python package '{source.package}', "
+            f"which cannot be imported here ({type(e).__name__}: {e}): the plugin that ships it may not be installed "
+            "(`priorswap doctor` lists the plugins), or the entry's `package` is misspelt"
+        ) from None
+    return Path(str(root / source.path))
+
+
 def fetch(
     source: Source,
     folders: list[str] | None = None,
@@ -45,10 +66,12 @@ def fetch(
 ) -> Path:
     """A local folder with the requested sub-folders of `source` (downloaded or from the cache)."""
     if source.path is not None:
-        if source.package is not None:
-            folder = Path(str(resources.files(source.package) / source.path))
-        else:
-            folder = Path(source.path)
+        folder = package_folder(source) if source.package is not None else Path(source.path).expanduser()
+        if folder.is_file():
+            raise WeightsUnavailable(
+                f"{folder} is a file, not a model folder: for a single checkpoint, name its folder in `path` and the "
+                f"file in `file` (source: {{path: {folder.parent}, file: {folder.name}}})"
+            )
         if not folder.is_dir():
             raise WeightsUnavailable(f"model folder {folder} does not exist")
         return folder
@@ -56,9 +79,7 @@ def fetch(
     from huggingface_hub import snapshot_download
 
     local_only = is_offline(offline)
-    # quoted, so a shell passes the globs to `hf download` instead of expanding them
-    include = f" --include {' '.join(shlex.quote(f + '/*') for f in folders)}" if folders else ""
-    with _hub_errors(source, local_only, include):
+    with _hub_errors(source, local_only, download_command(source, folders)):
         path = snapshot_download(
             source.repo,
             revision=source.revision,
@@ -90,14 +111,15 @@ def fetch_file(
 
         local_only = is_offline(offline)
         revision = source.revision
-        with _hub_errors(source, local_only, f" {source.file}"):
+        command = f"hf download {source.repo} {shlex.quote(source.file)} --revision {source.revision}"
+        with _hub_errors(source, local_only, command):
             if source.sha256 and not source.pinned_by_commit and not local_only:
                 revision = _commit_holding(source)
             path = Path(hf_hub_download(
                 source.repo, source.file, revision=revision, local_files_only=local_only, cache_dir=cache_dir
             ))
     if source.sha256:
-        verify_sha256(path, source.sha256, source.describe(extras=False), log=log)
+        verify_sha256(path, source.sha256, source.describe(extras=False), log=log, local=source.path is not None)
     return path
 
 
@@ -127,8 +149,9 @@ def _commit_holding(source: Source) -> str:
     return meta.commit_hash or source.revision
 
 
-def verify_sha256(path: Path, expected: str, what: str, *, log: Any = None) -> None:
-    """Raises WeightsUnavailable unless the file's sha256 is `expected` (read in 8 MiB chunks)."""
+def verify_sha256(path: Path, expected: str, what: str, *, log: Any = None, local: bool = False) -> None:
+    """Raises WeightsUnavailable unless the file's sha256 is `expected` (read in 8 MiB chunks). `local`: the
+    file is the user's own (a `path` source), not a download, and the message says so."""
     import hashlib
     import sys
 
@@ -140,6 +163,12 @@ def verify_sha256(path: Path, expected: str, what: str, *, log: Any = None) -> N
     with open(path, "rb") as handle:
         while chunk := handle.read(8 << 20):
             digest.update(chunk)
+    if digest.hexdigest() != expected and local:
+        raise WeightsUnavailable(
+            f"{path} is not the file the registry entry pins: its sha256 is {digest.hexdigest()}, the entry's "
+            f"`sha256` is {expected}. Use the file the entry was written for, or, if this file is the one you "
+            "mean, correct the entry's sha256 (`sha256sum` computes it)."
+        )
     if digest.hexdigest() != expected:
         raise WeightsUnavailable(
             f"{path} is not the pinned file of {what}: its sha256 is {digest.hexdigest()}, the registry pins "
@@ -149,8 +178,9 @@ def verify_sha256(path: Path, expected: str, what: str, *, log: Any = None) -> N
 
 
 @contextlib.contextmanager
-def _hub_errors(source: Source, local_only: bool, what: str) -> Iterator[None]:
-    """Turns huggingface_hub's errors into WeightsUnavailable messages that say what to do."""
+def _hub_errors(source: Source, local_only: bool, command: str) -> Iterator[None]:
+    """Turns huggingface_hub's errors into WeightsUnavailable messages that say what to do (`command`: the
+    `hf download` command that fetches what was asked for)."""
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
@@ -165,7 +195,7 @@ def _hub_errors(source: Source, local_only: bool, what: str) -> Iterator[None]:
         how = "offline mode is on" if local_only else "the hub could not be reached"
         raise WeightsUnavailable(
             f"weights for {source.repo}@{source.revision} are not in the Hugging Face cache and {how}. "
-            f"On a machine with internet run: hf download {source.repo}{what} --revision {source.revision}"
+            f"On a machine with internet run: {command}"
             " (then copy the cache, see HF_HOME), or unset HF_HUB_OFFLINE."
         ) from e
     except GatedRepoError as e:
@@ -189,7 +219,7 @@ def load_component(
     dtype: Any = None,
 ) -> Any:
     """Loads a diffusers/transformers component: safetensors first, pickles only when allowed."""
-    import torch
+    import pickle
 
     where = folder / subfolder
     if not where.is_dir():
@@ -220,7 +250,10 @@ def load_component(
         model = cls.from_config(cls.load_config(folder, subfolder=subfolder))
     else:  # transformers: the model class is built from its config class
         model = cls(cls.config_class.from_pretrained(where))
-    state = torch.load(pickles[0], map_location="cpu", weights_only=True)
+    try:
+        state = load_pickle(pickles[0])
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise unreadable(pickles[0], e) from None
     # older checkpoints store buffers that are no longer persistent (e.g. CLIP's position_ids)
     persistent = model.state_dict().keys()
     stale = {name for name, _ in model.named_buffers()} - persistent
@@ -248,7 +281,7 @@ def load_state_dict(file: Path, *, allow_pickle: bool = False) -> dict[str, Any]
         )
     import torch
 
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    state = load_pickle(file)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     tensors = {k: v.contiguous().clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
@@ -257,6 +290,41 @@ def load_state_dict(file: Path, *, allow_pickle: bool = False) -> dict[str, Any]
     save_file(tensors, str(tmp))
     tmp.replace(copy)
     return tensors
+
+
+def load_pickle(file: Path, *, mmap: bool = False) -> Any:
+    """An opted-in pickle read with torch.load(weights_only=True) (memory-mapped with `mmap` when the file's
+    format allows). A file holding objects other than tensors, which weights_only refuses, raises
+    WeightsUnavailable naming the file; a damaged file raises torch's own error (callers word the remedy)."""
+    import pickle
+    import re
+
+    import torch
+
+    try:
+        if mmap:
+            try:
+                return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+                pass
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not re.search(r"GLOBAL|allowlisted|Can only ", str(e)):  # garbage (an unknown opcode): damaged
+            raise
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        raise WeightsUnavailable(
+            f"{file} contains objects other than tensors{f' (it references {found.group(1)})' if found else ''}, so "
+            "it cannot be loaded safely: torch.load(weights_only=True) refuses them, and priorswap reads pickles no "
+            "other way. Extract its tensors into a safetensors file with a script you trust, and use that file."
+        ) from None
+
+
+def unreadable(file: Path, error: Exception) -> WeightsUnavailable:
+    """The error for a pickle that torch.load cannot read (truncated, or not a checkpoint at all)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or ["truncated"]
+    why = next((line for line in lines if line.startswith(("Unsupported", "String is"))), lines[0])
+    return WeightsUnavailable(f"{file} is not a readable PyTorch checkpoint ({type(error).__name__}: {why}); it is "
+                              "damaged or not a checkpoint: download or save it again")
 
 
 def has_safetensors_copy(pickle: Path) -> bool:
@@ -304,6 +372,12 @@ def folders_on_demand(request: Any, folders: list[str], purpose: str) -> Path:
     if source.repo is not None and not all((folder / f).is_dir() for f in folders):
         folder = fetch(source, folders, offline=request.offline, allow_pickle=request.allow_pickle)
     missing = [f for f in folders if not (folder / f).is_dir()]
+    if missing and source.repo is not None and is_offline(request.offline):
+        raise WeightsUnavailable(
+            f"the cached snapshot of {source.repo}@{source.revision} lacks {', '.join(f + '/' for f in missing)}, "
+            f"needed for {purpose}, and offline mode is on. On a machine with internet run: "
+            f"{download_command(source, missing)} (then copy the cache, see HF_HOME), or unset HF_HUB_OFFLINE."
+        )
     if missing:
         raise WeightsUnavailable(f"{folder} has no {' or '.join(missing)} folder, needed for {purpose}")
     return folder

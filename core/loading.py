@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,9 +12,9 @@ from .adapters import PairSpec, Plan, plan_pair
 from .checkpoints import checkpoint_entry, split_ref
 from .configs import read_json
 from .denoiser import Denoiser
-from .errors import PriorswapError, RegistryError, RegistryMismatchWarning, WeightsUnavailable
-from .family import LoadRequest, resolve_ref
-from .hub import fetch
+from .errors import PluginError, PriorswapError, RegistryError, RegistryMismatchWarning, WeightsUnavailable
+from .family import Family, LoadRequest, resolve_ref
+from .hub import download_command, fetch, is_offline
 from .latents import LatentSpace
 from .plugin_manager import Plugins
 from .registry import ModelEntry, Registry, ScheduleSpec, Source
@@ -22,11 +23,17 @@ from .task import Task
 
 @dataclass
 class Resolved:
-    """A model reference made concrete: its id (or folder), entry and latent space."""
+    """A model reference made concrete: its id (or folder), entry and latent space. `file`: the registry file
+    the entry came from (None for a local folder or checkpoint, described without an entry)."""
 
     id: str
     entry: ModelEntry
     latent_space: LatentSpace
+    file: str | None = None
+
+    def what(self) -> str:
+        """How errors name it: "the registry entry 'ID' (in FILE)", or the folder / checkpoint itself."""
+        return f"the registry entry '{self.id}' (in {self.file})" if self.file else f"'{self.id}'"
 
     def spec(self) -> PairSpec:
         e = self.entry
@@ -68,6 +75,7 @@ def resolve(ref: str, registry: Registry, plugins: Plugins, *, allow_pickle: boo
     checkpoint file (`path/model.ckpt`, `path/model.ckpt#variant`) recognised by its tensor names."""
     path = Path(ref).expanduser()
     checkpoint = split_ref(ref)
+    file = None  # the registry file of an id
     if checkpoint is not None:
         entry = checkpoint_entry(*checkpoint, plugins, allow_pickle=allow_pickle)
         ref_id = ref
@@ -97,7 +105,10 @@ def resolve(ref: str, registry: Registry, plugins: Plugins, *, allow_pickle: boo
             entry = registry.entry(ref)
         except RegistryError as e:
             raise RegistryError(f"{e}{plugins.hint()}") from None  # a failed plugin's ids are missing too
-        ref_id = ref
+        ref_id, file = ref, registry.files[ref]
+        missing = missing_plugin(ref, registry, plugins)
+        if missing:
+            raise PluginError(unknown_family(missing, entry.plugin, plugins))
     name, spec = registry.latent_space(entry)
     space = LatentSpace(
         name=name,
@@ -107,7 +118,27 @@ def resolve(ref: str, registry: Registry, plugins: Plugins, *, allow_pickle: boo
         downsample=spec.downsample,
         family=spec.family,
     )
-    return Resolved(ref_id, entry, space)
+    return Resolved(ref_id, entry, space, file)
+
+
+def unknown_family(what: str, plugin: str, plugins: Plugins) -> str:
+    """The message for an entry whose `plugin` no installed plugin provides: `what` names the entry."""
+    import difflib
+
+    close = difflib.get_close_matches(plugin, plugins.families, n=3)
+    return (f"{what}" + (f"; did you mean {', '.join(close)}?" if close else ".")
+            + f" Installed model families: {', '.join(sorted(plugins.families)) or 'none'}. Install the plugin that "
+            f"provides '{plugin}' into this environment, or correct the entry's `plugin`.{plugins.hint()}")
+
+
+def missing_plugin(model_id: str, registry: Registry, plugins: Plugins) -> str | None:
+    """Why the registry entry `model_id` cannot load here: its `plugin` names a family no installed plugin
+    provides (None when one does). `priorswap doctor` reports these, `pairs` shows them as reasons."""
+    plugin = registry.models[model_id].plugin
+    if plugin in plugins.families:
+        return None
+    return (f"the registry entry '{model_id}' (in {registry.files[model_id]}) names `plugin: {plugin}`, a model "
+            "family that no installed plugin provides")
 
 
 def load(
@@ -126,14 +157,22 @@ def load(
         raise RegistryError(
             f"'{resolved.id}' cannot be used as a {role} (its registry entry lists roles: {', '.join(entry.roles)})"
         )
+    if entry.plugin not in plugins.families:
+        raise PluginError(unknown_family(f"{resolved.what()} names `plugin: {entry.plugin}`, a model family that "
+                                         "no installed plugin provides", entry.plugin, plugins))
     family = plugins.family(entry.plugin)
     folders = entry.folders.get(role) or family.folders.get(role)
-    if entry.source.file is not None:
-        from .conversion import converted_folder
+    try:
+        if entry.source.file is not None:
+            from .conversion import converted_folder
 
-        folder = converted_folder(entry, family, offline=offline, allow_pickle=allow_pickle)
-    else:
-        folder = fetch(entry.source, folders, offline=offline, allow_pickle=allow_pickle)
+            folder = converted_folder(entry, family, offline=offline, allow_pickle=allow_pickle)
+        else:
+            folder = fetch(entry.source, folders, offline=offline, allow_pickle=allow_pickle)
+    except PriorswapError as e:
+        if resolved.file is None:  # a local folder or checkpoint: the message names it already
+            raise
+        raise _named(e, f"{resolved.what()}: {e}") from e
     request = LoadRequest(
         folder=folder,
         entry=entry,
@@ -146,12 +185,19 @@ def load(
     )
     try:
         denoiser = resolve_ref(family.load)(request)
-    except PriorswapError:
-        raise
-    except (OSError, ValueError, KeyError) as e:  # a broken or incomplete copy of the weights (JSON errors too)
+    except Exception as e:
+        problem = folder_problem(resolved, family, folder, folders or [], offline, plugins)
+        if problem is not None:
+            raise WeightsUnavailable(f"{problem} (loading it failed with {type(e).__name__}: {e})") from e
+        if isinstance(e, PriorswapError) or not isinstance(e, OSError | ValueError | KeyError | EOFError
+                                                             | pickle.UnpicklingError):
+            raise
+        # a broken or incomplete copy of the weights (JSON errors, truncated pickles too)
+        remedy = ("download it again (or delete it from the cache) and retry" if entry.source.repo is not None
+                  else "save or copy it again and retry")
         raise WeightsUnavailable(
-            f"could not load '{resolved.id}' ({entry.plugin}) from {folder}: {type(e).__name__}: {e}. The folder is "
-            "incomplete or a file is damaged: download it again (or delete it from the cache) and retry"
+            f"could not load {resolved.what()} ({entry.plugin}) from {folder}: {type(e).__name__}: {e}. The folder "
+            f"is incomplete or a file is damaged: {remedy}"
         ) from e
     disagreements = entry_disagreements(entry, denoiser)
     if disagreements:
@@ -161,6 +207,42 @@ def load(
             "entry: correct the entry", RegistryMismatchWarning, stacklevel=2,
         )
     return Loaded(resolved, folder, denoiser)
+
+
+def _named(error: PriorswapError, message: str) -> PriorswapError:
+    """`error` again, of the same class where it takes a message alone, with `message` (naming the entry)."""
+    try:
+        return type(error)(message)
+    except TypeError:
+        return PriorswapError(message)
+
+
+def folder_problem(
+    resolved: Resolved, family: Family, folder: Path, expected: list[str], offline: bool | None, plugins: Plugins
+) -> str | None:
+    """Why `folder` failed to load as `family`, when its layout tells: a hub snapshot cached without the
+    sub-folders the role needs (offline), or a folder that holds another family's model or none of the
+    sub-folders the family expects (the entry's `plugin` may be wrong). None when the layout looks right."""
+    source = resolved.entry.source
+    missing = [f for f in expected if not (folder / f).is_dir()]
+    if missing and source.repo is not None and source.file is None and is_offline(offline):
+        return (f"the cached snapshot of {source.repo}@{source.revision} lacks {', '.join(f + '/' for f in missing)}, "
+                f"which {resolved.what()} needs, and offline mode is on. On a machine with internet run: "
+                f"{download_command(source, missing)} (then copy the cache, see HF_HOME), or unset HF_HUB_OFFLINE")
+    index = folder / "model_index.json"
+    try:
+        class_name = read_json(index).get("_class_name") if index.is_file() else None
+    except PriorswapError:
+        class_name = None
+    other = plugins.family_for_pipeline(class_name) if isinstance(class_name, str) else None
+    foreign = other is not None and other.name != family.name and class_name not in family.pipeline_classes
+    if not foreign and (not expected or len(missing) < len(expected)):
+        return None
+    found = sorted(p.name + "/" for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    claim = f"; its model_index.json names {class_name}, a {other.name} model" if foreign else ""
+    return (f"{folder} does not look like a {family.name} model (a {family.name} folder has "
+            f"{', '.join(f + '/' for f in expected)}; this one has {', '.join(found) or 'no sub-folders'}{claim}): "
+            f"the `plugin: {resolved.entry.plugin}` of {resolved.what()} may be wrong")
 
 
 def entry_disagreements(entry: ModelEntry, denoiser: Any) -> list[str]:
@@ -198,8 +280,24 @@ def task_and_entry(
 
 def task_of(entry: ModelEntry, model: str, plugins: Plugins) -> tuple[str, type[Task]]:
     """The task name and class of a resolved entry (its own `task`, else its family's default)."""
-    name = entry.task or plugins.family(entry.plugin).default_task
-    if name is None or name not in plugins.tasks:
+    if "model" not in entry.roles:
+        raise PriorswapError(
+            f"'{model}' is a prior only (its registry entry lists roles: {', '.join(entry.roles)}): it has no task "
+            f"and cannot be sampled as a model. Use it as the prior of a fine-tuned model (--prior {model}; "
+            "`priorswap pairs MODEL` lists the pairs)"
+        )
+    if entry.plugin not in plugins.families:
+        raise PluginError(unknown_family(f"'{model}' names `plugin: {entry.plugin}`, a model family that no installed "
+                                         "plugin provides", entry.plugin, plugins))
+    family = plugins.family(entry.plugin)
+    name = entry.task or family.default_task
+    if name is None:
+        raise PriorswapError(
+            f"'{model}' names no `task`, and its model family '{entry.plugin}' has no default task (it serves as a "
+            f"prior): set the entry's `task` (registered tasks: {', '.join(plugins.tasks) or 'none'}), or use it "
+            "as a prior (--prior)"
+        )
+    if name not in plugins.tasks:
         raise PriorswapError(
             f"no task '{name}' is registered for '{model}' (registered tasks: {', '.join(plugins.tasks) or 'none'}); "
             f"the plugin that provides it may not be installed.{plugins.hint()}"
@@ -215,6 +313,10 @@ def compatible_priors(
     plans = []
     for prior_id in registry.with_role("prior"):
         if prior_id == model_ref:
+            continue
+        missing = missing_plugin(prior_id, registry, plugins)
+        if missing:  # listed, so that the entry is not silently left out
+            plans.append(Plan(prior_id, reason=f"{missing}{plugins.hint()}"))
             continue
         prior = resolve(prior_id, registry, plugins).spec()
         plans.append(plan_pair(model, prior, plugins.bridges, match))

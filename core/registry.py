@@ -1,7 +1,9 @@
 """The catalogue of models, priors and latent spaces (registry.yaml), validated with pydantic.
 
 The shipped file is merged with files from plugins and the user (`--registry`, or
-PRIORSWAP_REGISTRY with paths separated by the OS path separator); later files override ids.
+PRIORSWAP_REGISTRY with paths separated by the OS path separator); later files override ids, and the
+merged registry remembers which file each id and latent space came from (`Registry.origin`). Within one
+file an id (or any key) may appear only once.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ import difflib
 import os
 import re
 import warnings
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -113,15 +116,15 @@ class ScheduleSpec(Strict):
 
 
 class LatentSpaceSpec(Strict):
-    """Channels, scale and shift (latent = (z − shift)·scale), downsampling, and the autoencoder."""
+    """Channels, scale and shift (latent = (z − shift)·scale), downsampling, and the autoencoder family.
+
+    The autoencoder's weights are not named here: a model decodes with the `vae/` of its own folder."""
 
     channels: int = Field(gt=0)
     scale: float = 1.0
     shift: float = 0.0
     downsample: int = Field(8, gt=0)
     family: str = ""
-    vae: Source | None = None
-    vae_subfolder: str = "vae"
 
 
 class Recommended(Strict):
@@ -171,17 +174,55 @@ def _format_errors(origin: str, err: ValidationError) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; see docs/registry.md)"
+            if loc[0] == "latent_spaces" and loc[-1] in ("vae", "vae_subfolder"):
+                msg = ("not a field: a latent space names no autoencoder weights (a model decodes with the vae/ "
+                       "of its own folder); remove it")
         lines.append(f"  - {where}, field '{field}': {msg}")
     return "\n".join(lines)
+
+
+class DuplicateKey(Exception):
+    """A key that appears twice in one YAML mapping (yaml.safe_load would silently keep the last one)."""
+
+    def __init__(self, key: str, first: int, again: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.again = key, first, again
+
+
+class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml when present: faster start-up
+    """The safe loader, refusing a key repeated within one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[tuple[str, str], int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            line = key_node.start_mark.line + 1
+            first = seen.setdefault((key_node.tag, key_node.value), line)
+            if first != line:
+                raise DuplicateKey(key_node.value, first, line)
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_file(path: Path) -> RegistryFile:
     """Reads and validates one registry YAML file; errors name the file, the entry and the field."""
     try:
-        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: faster start-up
-        data = yaml.load(path.read_text(), Loader=loader) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
     except FileNotFoundError:
         raise RegistryError(f"registry file {path} does not exist") from None
+    except IsADirectoryError:
+        raise RegistryError(f"registry file {path} is a folder: pass the YAML file itself") from None
+    except UnicodeDecodeError as e:
+        raise RegistryError(f"registry file {path} is not UTF-8 text (byte {e.start} cannot be decoded): save it "
+                            "as UTF-8 YAML") from None
+    except OSError as e:
+        raise RegistryError(f"registry file {path} cannot be read: {e.strerror or e}") from None
+    except DuplicateKey as e:
+        raise RegistryError(
+            f"{path}, line {e.again}: '{e.key}' appears twice in the same mapping (first on line {e.first}). A model "
+            "id, latent space or field is defined once per file; to replace an entry of another registry file, "
+            "define it in a file that loads later (see docs/registry.md)"
+        ) from None
     except yaml.YAMLError as e:
         raise RegistryError(f"{path} is not valid YAML: {e}") from None
     try:
@@ -197,13 +238,13 @@ def _resolve_relative(reg: RegistryFile, base: Path) -> RegistryFile:
             return None
         if src.extra_files:
             src = src.model_copy(update={"extra_files": tuple(fix(e) for e in src.extra_files)})
-        if src.path is None or src.package is not None or Path(src.path).is_absolute():
+        if src.path is None or src.package is not None:
             return src
-        return src.model_copy(update={"path": str((base / src.path).resolve())})
+        path = Path(src.path).expanduser()
+        return src.model_copy(update={"path": str(path if path.is_absolute() else (base / path).resolve())})
 
     models = {k: m.model_copy(update={"source": fix(m.source)}) for k, m in reg.models.items()}
-    spaces = {k: s.model_copy(update={"vae": fix(s.vae)}) for k, s in reg.latent_spaces.items()}
-    return reg.model_copy(update={"models": models, "latent_spaces": spaces})
+    return reg.model_copy(update={"models": models})
 
 
 def shipped_registry_path() -> Path:
@@ -220,33 +261,61 @@ def user_registry_paths(extra: list[str] | tuple[str, ...] = ()) -> list[Path]:
 
 
 class Registry:
-    """Merged view of several registry files."""
+    """Merged view of several registry files, remembering where each id and latent space came from."""
 
     def __init__(self, files: list[tuple[str, RegistryFile]], *, plugin_origins: frozenset[str] = frozenset(),
-                 hint: str = "") -> None:
+                 hint: str = "", labels: Mapping[str, str] | None = None) -> None:
+        """`files`: (file, parsed) in load order; `labels` names files for `origin` (e.g. "shipped")."""
         self.latent_spaces: dict[str, LatentSpaceSpec] = {}
         self.models: dict[str, ModelEntry] = {}
-        self.origin: dict[str, str] = {}
+        self.files: dict[str, str] = {}  # model id → the registry file its entry came from
+        self.space_files: dict[str, str] = {}  # latent space → its file
+        self.replaced: dict[str, list[str]] = {}  # model id → earlier files whose entry of that id it replaced
+        self.replaced_spaces: dict[str, list[str]] = {}
+        self.labels: dict[str, str] = dict(labels or {})
         self.skipped: list[tuple[str, str]] = []  # (plugin registry file, why), see Registry.load
         for origin, reg in files:
-            self.latent_spaces.update(reg.latent_spaces)
+            for name, space in reg.latent_spaces.items():
+                if name in self.space_files:
+                    self.replaced_spaces.setdefault(name, []).append(self.space_files[name])
+                self.latent_spaces[name], self.space_files[name] = space, origin
             for key, entry in reg.models.items():
-                self.models[key] = entry
-                self.origin[key] = origin
+                if key in self.files:
+                    self.replaced.setdefault(key, []).append(self.files[key])
+                self.models[key], self.files[key] = entry, origin
         for key, entry in list(self.models.items()):
             if isinstance(entry.latent_space, str) and entry.latent_space not in self.latent_spaces:
                 close = difflib.get_close_matches(entry.latent_space, self.latent_spaces, n=3)
                 message = (
-                    f"{self.origin[key]}: entry '{key}' in models, field 'latent_space': unknown latent "
+                    f"{self.files[key]}: entry '{key}' in models, field 'latent_space': unknown latent "
                     f"space '{entry.latent_space}' (known: {', '.join(sorted(self.latent_spaces)) or 'none'})."
                     + (f" Did you mean {', '.join(close)}?" if close else "")
                     + " Latent spaces come from the shipped registry, the plugins' registry files and yours:"
                     " the plugin that defines it may not be loaded." + hint
                 )
-                if self.origin[key] not in plugin_origins:
+                if self.files[key] not in plugin_origins:
                     raise RegistryError(message)
-                self._skip(self.origin[key], message, f"the entry '{key}' is skipped")
-                del self.models[key], self.origin[key]
+                self._skip(self.files[key], message, f"the entry '{key}' is skipped")
+                del self.models[key], self.files[key]
+                self.replaced.pop(key, None)
+
+    def origin(self, model_id: str) -> str:
+        """Where the entry of `model_id` came from: "shipped", "plugin NAME", or the path of the user's file."""
+        file = self.files[model_id]
+        return self.labels.get(file, file)
+
+    def overrides(self, model_id: str) -> list[str]:
+        """The origins (as `origin` names them) of the entries of `model_id` that this one replaced, oldest first."""
+        return [self.labels.get(f, f) for f in self.replaced.get(model_id, [])]
+
+    def space_origin(self, name: str) -> str:
+        """Where the latent space `name` came from (as `origin`)."""
+        file = self.space_files[name]
+        return self.labels.get(file, file)
+
+    def space_overrides(self, name: str) -> list[str]:
+        """The origins of the definitions of latent space `name` that this one replaced, oldest first."""
+        return [self.labels.get(f, f) for f in self.replaced_spaces.get(name, [])]
 
     def _skip(self, origin: str, why: str, what: str) -> None:
         self.skipped.append((origin, why))
@@ -255,21 +324,27 @@ class Registry:
 
     @classmethod
     def load(cls, extra_files: list[str] | tuple[str, ...] = (), plugin_files: list[Path] = (),
-             hint: str = "") -> Registry:
+             hint: str = "", plugin_names: Mapping[str, str] | None = None) -> Registry:
         """The shipped registry, then plugin files, then PRIORSWAP_REGISTRY and `extra_files`.
 
         A broken plugin file (or a plugin entry naming an unknown latent space) is skipped with a
         PluginRegistryWarning and listed in `skipped`; the shipped and the user's files must be valid.
-        `hint` is added to errors about unknown latent spaces (e.g. which plugins failed to load)."""
+        `hint` is added to errors about unknown latent spaces (e.g. which plugins failed to load).
+        `plugin_names` maps a plugin file (as str) to the plugin that registered it, for `origin`."""
+        shipped = shipped_registry_path()
+        labels = {str(shipped): "shipped"}
+        for path in plugin_files:
+            name = (plugin_names or {}).get(str(path))
+            labels[str(path)] = f"plugin {name}" if name else f"plugin file {path}"
         files, broken = [], []
-        for path in [shipped_registry_path(), *plugin_files, *user_registry_paths(extra_files)]:
+        for path in [shipped, *plugin_files, *user_registry_paths(extra_files)]:
             try:
                 files.append((str(path), parse_file(path)))
             except RegistryError as e:
                 if path not in plugin_files:
                     raise
                 broken.append((str(path), str(e)))
-        registry = cls(files, plugin_origins=frozenset(map(str, plugin_files)), hint=hint)
+        registry = cls(files, plugin_origins=frozenset(map(str, plugin_files)), hint=hint, labels=labels)
         for origin, why in broken:
             registry._skip(origin, why, "the whole file is skipped")
         return registry

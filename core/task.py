@@ -98,8 +98,14 @@ class Task(ABC):
         size = self.model.latent_size
         return (self.batch_size(inputs), self.model.latent_space.channels, size, size)
 
+    def can_decode(self) -> bool:
+        """Whether `decode` returns images here (a decoder is at hand), so that a caller that needs images can
+        refuse before sampling. The default: whether the task defines `decode`; a task whose decoder may be
+        missing (no vae/ in the model's folder) overrides this."""
+        return type(self).decode is not Task.decode
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor | None:
-        """Images in [0, 1], (B, 3, H, W), or None when the model has no decoder at hand.
+        """Images in [0, 1], (B, 3, H, W), or None when the model has no decoder at hand (`can_decode`).
 
         A task whose images depend on its inputs (paste an edit back into the source, crop to the input's
         size) declares `decode(self, latents, inputs)`: `Pair.sample` then passes the validated inputs."""

@@ -1,5 +1,6 @@
 """Hub loading offline: pinned revisions from the cache, role-specific folders, pickles only by opt-in."""
 
+import hashlib
 import shutil
 import textwrap
 
@@ -60,8 +61,40 @@ def test_missing_weights_offline_say_what_to_do(tmp_path, monkeypatch, dit_folde
     with pytest.raises(WeightsUnavailable) as info:
         priorswap.load_pair("tiny-dit", registry_files=[registry_for(tmp_path, dit_folder)])
     message = str(info.value)
-    assert "tiny-org/tiny-dit" in message and COMMIT in message and "hf download" in message
-    assert "--include 'transformer/*' 'scheduler/*' 'vae/*' --revision" in message  # quoted: no shell expansion
+    # one glob per --include (hf download takes one), quoted so that a shell does not expand it
+    command = (f"hf download tiny-org/tiny-dit --include 'transformer/*' --include 'scheduler/*' --include 'vae/*' "
+               f"--revision {COMMIT}")
+    assert command in message and "the registry entry 'tiny-dit'" in message
+    assert hf_cli_patterns(command) == ["transformer/*", "scheduler/*", "vae/*"]
+
+
+def hf_cli_patterns(command: str) -> list[str]:
+    """The allow_patterns huggingface_hub's own `hf download` passes to snapshot_download for `command`."""
+    import shlex
+
+    pytest.importorskip("huggingface_hub.cli.hf")
+    from huggingface_hub.cli import download
+    from huggingface_hub.cli.hf import app
+
+    seen = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(download, "snapshot_download", lambda **kw: seen.append(kw["allow_patterns"]) or ".")
+        patch.setattr(download, "hf_hub_download", lambda **kw: pytest.fail("hf download took a pattern as a file"))
+        app.main(args=shlex.split(command)[1:], standalone_mode=False)
+    (patterns,) = seen
+    return patterns
+
+
+def test_hf_download_takes_one_pattern_per_include():
+    """The command printed before this fix: `hf download` read the second and third globs as file names, so the
+    transformer (the model itself) was never fetched."""
+    old = "hf download tiny-org/tiny-dit --include 'transformer/*' 'scheduler/*' 'vae/*' --revision main"
+    with pytest.warns(UserWarning, match="Ignoring `--include`"):
+        assert hf_cli_patterns(old) == ["scheduler/*", "vae/*"]
+    source = Source(repo="org/x", revision=COMMIT)
+    assert hub.download_command(source, ["unet", "text encoder"]) == (
+        f"hf download org/x --include 'unet/*' --include 'text encoder/*' --revision {COMMIT}")
+    assert hub.download_command(source) == f"hf download org/x --revision {COMMIT}"
 
 
 def test_a_prior_fetches_only_its_denoiser(monkeypatch, tmp_path, dit_folder):
@@ -244,8 +277,12 @@ def test_a_content_pinned_file_is_verified(tmp_path, monkeypatch):
     local = tmp_path / "local"
     local.mkdir()
     (local / "model.ckpt").write_bytes(b"tampered")
-    with pytest.raises(WeightsUnavailable, match="not the pinned file"):
+    with pytest.raises(WeightsUnavailable) as info:  # the user's own file: no advice to download it again
         hub.fetch_file(Source(path=str(local), file="model.ckpt", sha256=sha))
+    message = str(info.value)
+    tampered = hashlib.sha256(b"tampered").hexdigest()
+    assert f"its sha256 is {tampered}, the entry's `sha256` is {sha}" in message and str(local) in message
+    assert "download" not in message and "hf cache" not in message
 
 
 def test_a_moved_branch_is_refused_before_downloading(tmp_path, monkeypatch):
@@ -283,3 +320,68 @@ def test_the_converted_folder_of_a_content_pinned_source_is_keyed_by_its_hash():
     entry = ModelEntry(plugin="f", source=Source(repo="org/x", revision="main", file="model.ckpt", sha256=SHA),
                        latent_space="sd-kl-f8", resolution=256, variant="v")
     assert converted_path(entry, fam).parent.name == SHA
+
+
+def test_an_offline_partly_cached_prior_says_which_folders_to_download(tmp_path, monkeypatch, dit_folder, sd_folder):
+    """The snapshot holds the UNet and scheduler only (a run that found the null condition cached); on a null-cache
+    miss offline, the text encoder is missing: the message gives the command for exactly those folders."""
+    monkeypatch.setenv("PRIORSWAP_CACHE", str(tmp_path / "cache"))  # nothing encoded yet
+    partial = tmp_path / "partial"
+    for name in ("unet", "scheduler", "model_index.json"):
+        (shutil.copytree if (sd_folder / name).is_dir() else shutil.copy)(sd_folder / name, partial / name)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE",
+                        str(fake_cache(tmp_path, partial, repo="tiny-org/tiny-sd")))
+    space = describe_vae(sd_folder / "vae")
+    reg = tmp_path / "sd.yaml"
+    reg.write_text(textwrap.dedent(f"""
+        version: 1
+        models:
+          tiny-sd:
+            plugin: stable_diffusion
+            roles: [prior]
+            source: {{repo: tiny-org/tiny-sd, revision: {COMMIT}}}
+            latent_space: {{channels: 4, scale: {space["scale"]}, downsample: 2, family: {space["family"]}}}
+            schedule: {{beta_schedule: scaled_linear, beta_start: 0.00085, beta_end: 0.012}}
+            resolution: 16
+    """))
+    with pytest.raises(WeightsUnavailable) as info:
+        priorswap.load_pair(str(dit_folder), prior="tiny-sd", registry_files=[str(reg)], offline=True)
+    message = str(info.value)
+    command = f"hf download tiny-org/tiny-sd --include 'text_encoder/*' --include 'tokenizer/*' --revision {COMMIT}"
+    assert command in message and "lacks text_encoder/, tokenizer/" in message and "offline" in message
+
+
+def test_a_bin_only_vae_decodes_with_allow_pickle(tmp_path, dit_folder):
+    """The DiT task loads the folder's VAE under the model's own opt-in (`allow_pickle`)."""
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "bin-vae"
+    shutil.copytree(dit_folder, folder)
+    weights = folder / "vae" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(weights), weights.with_suffix(".bin"))
+    weights.unlink()
+    with pytest.raises(WeightsUnavailable, match=r"vae holds only pickled weights.*--allow-pickle"):
+        priorswap.load_pair(str(folder))
+    images = priorswap.load_pair(str(folder), allow_pickle=True).sample(class_label=[3], steps=2, seed=0).images
+    reference = priorswap.load_pair(str(dit_folder)).sample(class_label=[3], steps=2, seed=0).images
+    assert images is not None and torch.equal(images, reference)
+
+
+def test_a_local_source_path_expands_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "weights").mkdir()
+    assert hub.fetch(Source(path="~/weights")) == tmp_path / "weights"
+
+
+def test_an_offline_snapshot_without_the_role_folders_says_what_to_download(tmp_path, monkeypatch, dit_folder):
+    """snapshot_download offline returns a cached snapshot without checking the patterns: a snapshot cached for
+    another use (scheduler only) fails to load, and the message names the missing folders' command."""
+    partial = tmp_path / "partial"
+    shutil.copytree(dit_folder / "scheduler", partial / "scheduler")
+    shutil.copy(dit_folder / "model_index.json", partial / "model_index.json")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(fake_cache(tmp_path, partial)))
+    with pytest.raises(WeightsUnavailable) as info:
+        priorswap.load_pair("tiny-dit", registry_files=[registry_for(tmp_path, dit_folder)])
+    message = str(info.value)
+    command = f"hf download tiny-org/tiny-dit --include 'transformer/*' --include 'vae/*' --revision {COMMIT}"
+    assert command in message and "lacks transformer/, vae/" in message and "'tiny-dit'" in message

@@ -1,5 +1,6 @@
 """registry.yaml validation, merging, lookups and computed compatibility."""
 
+import re
 import textwrap
 
 import pytest
@@ -194,3 +195,108 @@ def test_an_entry_that_contradicts_its_weights_warns(tmp_path, dit_folder):
     plain = priorswap.load_pair("labelled", registry_files=[str(reg)])
     assert entry_disagreements(plain.model.resolved.entry, plain.model.denoiser) == []
     assert len(entry_disagreements(pair.model.resolved.entry, pair.model.denoiser)) == 2
+
+
+def test_unreadable_registry_files_name_the_file(tmp_path):
+    with pytest.raises(RegistryError, match=f"registry file {tmp_path} is a folder"):
+        parse_file(tmp_path)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("version: 1\n# café\n".encode("latin-1"))
+    with pytest.raises(RegistryError, match=f"registry file {latin} is not UTF-8 text"):
+        parse_file(latin)
+
+
+def test_cli_reports_a_folder_given_as_registry_with_exit_2(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "list", "--registry", str(tmp_path))
+    assert code == 2 and "is a folder" in err and "Traceback" not in err
+
+
+def test_a_home_relative_path_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    reg = parse_file(write(tmp_path, GOOD.replace("source: {path: ./weights}", "source: {path: ~/weights}")))
+    assert reg.models["my-model"].source.path == str(tmp_path / "home" / "weights")
+
+
+def test_a_duplicate_id_in_one_file_is_an_error(tmp_path):
+    twice = GOOD + """
+  my-model:
+    plugin: dit
+    source: {path: ./other}
+    latent_space: my-space
+    resolution: 64
+"""
+    path = write(tmp_path, twice)
+    with pytest.raises(RegistryError) as info:
+        parse_file(path)
+    message = str(info.value)
+    assert f"{path}, line 12: 'my-model' appears twice in the same mapping (first on line 6)" in message
+    doubled_field = write(tmp_path, GOOD.replace("resolution: 64", "resolution: 64\n    resolution: 32"), "f.yaml")
+    with pytest.raises(RegistryError, match="'resolution' appears twice"):
+        parse_file(doubled_field)
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path):
+    path = write(tmp_path, """
+    version: 1
+    models:
+      base: &base {plugin: dit, source: {path: ./w}, latent_space: sd-kl-f8, resolution: 64}
+      other:
+        <<: *base
+        resolution: 128
+    """)
+    assert parse_file(path).models["other"].resolution == 128
+
+
+def test_the_registry_records_where_each_entry_came_from(tmp_path, monkeypatch, capsys):
+    """Overriding stays allowed; `origin` and `overrides` say who defined an id (for `priorswap list`)."""
+    mine = write(tmp_path, GOOD.replace("my-model:", "dit-xl-2-256:").replace("my-space:", "sd-kl-f8:")
+                 .replace("latent_space: my-space", "latent_space: sd-kl-f8"))
+    monkeypatch.setenv("PRIORSWAP_REGISTRY", str(mine))
+    reg = get_plugins().load_registry()
+    assert reg.origin("dit-xl-2-256") == str(mine) and reg.overrides("dit-xl-2-256") == ["shipped"]
+    assert reg.entry("dit-xl-2-256").source.path == str((tmp_path / "weights").resolve())
+    assert reg.origin("dit-xl-2-512") == "shipped" and reg.overrides("dit-xl-2-512") == []
+    assert reg.origin("toy-digits-class") == "plugin toy"
+    assert reg.space_origin("sd-kl-f8") == str(mine) and reg.space_overrides("sd-kl-f8") == ["shipped"]
+    assert reg.space_origin("toy-pixels") == "plugin toy" and reg.files["dit-xl-2-256"] == str(mine)
+    _, out, _ = run_cli(capsys, "doctor")
+    assert f"overridden by a later file: dit-xl-2-256 ({mine} replaces shipped)" in " ".join(out.split())
+
+
+def test_latent_spaces_name_no_autoencoder_weights(tmp_path):
+    path = write(tmp_path, GOOD.replace("family: my-vae}", "family: my-vae, vae: {path: ./vae}}"))
+    with pytest.raises(RegistryError) as info:
+        parse_file(path)
+    message = str(info.value)
+    assert "entry 'my-space' in latent_spaces, field 'vae'" in message and "vae/ of its own folder" in message
+
+
+def test_the_documented_defaults_are_the_code_defaults():
+    """docs/registry.md's table of fields left out, against the pydantic models."""
+    from pathlib import Path
+
+    from priorswap.registry import LatentSpaceSpec, ModelEntry, Source
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "registry.md").read_text()
+    rows = dict(re.findall(r"^\| ([^|]+?) \| ([^|]+) \|$", doc, re.M))
+    required = sorted(n for n, f in ModelEntry.model_fields.items() if f.is_required())
+    assert rows["`plugin`, `source`, `latent_space`, `resolution`"] == "required"
+    assert required == ["latent_space", "plugin", "resolution", "source"]
+    entry = ModelEntry(plugin="dit", source=Source(path="."), latent_space="x", resolution=8)
+    assert entry.roles == ["model"] and rows["`roles`"].startswith("`[model]`")
+    schedule = entry.schedule.model_dump().items()
+    flow = ", ".join(f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in schedule)
+    assert rows["`schedule`"] == f"`{{{flow}}}`"
+    assert entry.parameterization == "epsilon" and rows["`parameterization`"] == "`epsilon`"
+    assert entry.modality == "image" and rows["`modality`"] == "`image`"
+    assert (entry.learned_sigma, entry.fixed_size) == (False, False)
+    assert rows["`learned_sigma`, `fixed_size`"] == "`false`"
+    assert entry.task is None and rows["`task`"].startswith("none")
+    assert (entry.variant, entry.license, entry.description) == (None, None, "")
+    assert rows["`variant`, `license`"] == "none" and rows["`description`"] == "empty"
+    rec = ", ".join(f"{k}: {'null' if v is None else v}" for k, v in entry.recommended.model_dump().items())
+    assert rows["`recommended`"].startswith(f"`{{{rec}}}`")
+    space = LatentSpaceSpec(channels=4)
+    assert [n for n, f in LatentSpaceSpec.model_fields.items() if f.is_required()] == ["channels"]
+    assert (space.scale, space.shift, space.downsample, space.family) == (1.0, 0.0, 8, "")
+    assert rows["latent space `scale`, `shift`, `downsample`, `family`"].startswith("`1.0`, `0.0`, `8`, empty")

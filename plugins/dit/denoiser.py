@@ -26,6 +26,7 @@ class DiTDenoiser(Denoiser):
         self.null_class = int(cfg.num_embeds_ada_norm)
         self.learned_sigma = cfg.out_channels == 2 * cfg.in_channels
         self.resolution = cfg.sample_size * request.latent_space.downsample  # the network's own size
+        self.allow_pickle = request.allow_pickle  # the task loads the VAE under the same opt-in
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         return self.net(x, timestep=t, class_labels=cond["class_labels"]).sample

@@ -27,14 +27,22 @@ def check_labels(labels: list[int], classes: int) -> None:
 
 
 class ClassLabelTask(Task):
-    """One sample per requested class label; decodes with the model folder's VAE when present."""
+    """One sample per requested class label; decodes with the model folder's VAE when present (loaded under the
+    model's own pickle opt-in, on its device, in float32)."""
 
     name = "class-label"
     Inputs = ClassLabelInputs
 
     def __init__(self, model: Denoiser, folder=None) -> None:
         super().__init__(model, folder)
-        self.decoder = VaeDecoder.from_folder(folder, model.latent_space) if folder is not None else None
+        self.decoder = None
+        if folder is not None:
+            self.decoder = VaeDecoder.from_folder(folder, model.latent_space, getattr(model, "allow_pickle", False))
+        if self.decoder is not None:
+            self.decoder.vae.to(model.device)
+
+    def can_decode(self) -> bool:
+        return self.decoder is not None
 
     @classmethod
     def check_inputs(cls, inputs: ClassLabelInputs, entry: ModelEntry) -> None:
@@ -61,4 +69,4 @@ class ClassLabelTask(Task):
         return {"full": {"class_labels": labels}, "null": denoiser.null_condition()}
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor | None:
-        return self.decoder.decode(latents) if self.decoder is not None else None
+        return self.decoder.decode(latents.to(self.decoder.vae.device)) if self.decoder is not None else None

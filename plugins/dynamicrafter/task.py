@@ -62,6 +62,9 @@ class VideoTask(Task):
         frames = torch.cat([self.vae.decode(flat[i : i + 1]) for i in range(b * t)])
         return frames.reshape(b, t, *frames.shape[1:])
 
+    def can_decode(self) -> bool:
+        return self.vae is not None
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor | None:
         """A frame strip per sample, (B, 3, H, T·W), so image writers show the whole clip."""
         if self.vae is None:

@@ -64,6 +64,9 @@ class ImageVariationTask(Task):
             "null": denoiser.null_condition(),
         }
 
+    def can_decode(self) -> bool:
+        return self.decoder is not None
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor | None:
         if self.decoder is None:
             return None
