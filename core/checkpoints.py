@@ -16,7 +16,7 @@ from typing import Any
 from .errors import PriorswapError, WeightsUnavailable
 from .family import resolve_ref
 from .hub import PICKLE_SUFFIXES, load_pickle, unreadable
-from .nullcache import cache_home
+from .nullcache import checked_home
 from .plugin_manager import Plugins
 from .registry import ModelEntry, Source
 
@@ -69,7 +69,7 @@ def checkpoint_keys(path: Path, *, allow_pickle: bool = False) -> set[str]:
 def _cache_file(path: Path) -> Path:
     stat = path.stat()
     key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    return cache_home() / "checkpoints" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+    return checked_home() / "checkpoints" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
 
 
 def candidates(path: Path, plugins: Plugins, *, allow_pickle: bool = False) -> list[dict]:

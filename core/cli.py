@@ -64,20 +64,25 @@ def list_(registry: RegistryOpt = None) -> None:
     for role, title in (("model", "Fine-tuned models"), ("prior", "Priors")):
         table = Table(title=title, title_justify="left")
         table.add_column("id", no_wrap=True)
-        for col in ("plugin", "latent space", "schedule", "param.", "res.", "source"):
+        for col in ("plugin", "latent space", "schedule", "param.", "res.", "source", "defined in"):
             table.add_column(col, overflow="fold")
         for key, e in reg.with_role(role).items():
             space = e.latent_space if isinstance(e.latent_space, str) else "inline"
-            table.add_row(
-                key, e.plugin, space, e.schedule.key(), e.parameterization, str(e.resolution), e.source.describe()
-            )
+            table.add_row(key, e.plugin, space, e.schedule.key(), e.parameterization, str(e.resolution),
+                          e.source.describe(), _origin_text(reg.origin(key), reg.overrides(key)))
         console.print(table)
     table = Table(title="Latent spaces", title_justify="left")
-    for col in ("name", "channels", "scale", "shift", "downsample", "family"):
-        table.add_column(col)
+    for col in ("name", "channels", "scale", "shift", "downsample", "family", "defined in"):
+        table.add_column(col, overflow="fold")
     for key, s in reg.latent_spaces.items():
-        table.add_row(key, str(s.channels), f"{s.scale:g}", f"{s.shift:g}", str(s.downsample), s.family)
+        table.add_row(key, str(s.channels), f"{s.scale:g}", f"{s.shift:g}", str(s.downsample), s.family,
+                      _origin_text(reg.space_origin(key), reg.space_overrides(key)))
     console.print(table)
+
+
+def _origin_text(origin: str, replaced: list[str]) -> str:
+    """Where a registry definition came from, and which earlier definitions of the same name it overrides."""
+    return origin + (f" (overrides {', '.join(replaced)})" if replaced else "")
 
 
 @app.command()
@@ -308,6 +313,10 @@ def sample(
         )
     inputs = _task_inputs(pair.task, raw)
     _check_options_for_weights(pair, steps, eta, scheduler)
+    decode = out is not None or out_dir is not None
+    if decode and not pair.task.can_decode():  # before minutes of sampling
+        raise PriorswapError(f"'{model}' has no decoder here (no vae/ folder), so --out/--out-dir cannot be "
+                             "written; use --save-latents instead")
     rule = pair.guidance_for(method, guidance, image_guidance).with_options(rescale=rescale, interval=lo_hi)
     if pair.plan is not None and pair.plan.lines():
         err.print(f"[dim]adapters: {'; '.join(pair.plan.lines())}[/]")
@@ -315,7 +324,6 @@ def sample(
 
     n_steps = steps or pair.model.resolved.entry.recommended.steps
     err.print(f"guidance: {_rule_text(rule)}, {n_steps} steps")
-    decode = out is not None or out_dir is not None
     from .provenance import command_line
 
     command = command_line()
@@ -326,7 +334,7 @@ def sample(
             result = pair.sample(inputs, guidance=rule, steps=n_steps, seed=s, scheduler=scheduler,
                                  callback=callback, decode=decode, num_samples=num_samples, eta=eta,
                                  autocast=mixed)
-        if decode and result.images is None:
+        if decode and result.images is None:  # a task whose can_decode promised more than decode gave
             raise PriorswapError(f"'{model}' has no decoder (vae/ folder); use --save-latents instead")
         latents.append(result.latents.float().cpu())
         if result.images is not None:

@@ -18,7 +18,7 @@ from typing import Any
 from .errors import PriorswapError, WeightsUnavailable
 from .family import Family, resolve_ref
 from .hub import PICKLE_SUFFIXES, fetch_file
-from .nullcache import cache_home
+from .nullcache import checked_home
 from .registry import ModelEntry
 
 DONE = "priorswap-converted.json"
@@ -26,7 +26,7 @@ DONE = "priorswap-converted.json"
 
 def cache_root() -> Path:
     """Where converted folders live: $PRIORSWAP_CACHE/converted (default ~/.cache/priorswap/converted)."""
-    return cache_home() / "converted"
+    return checked_home() / "converted"
 
 
 def converted_path(entry: ModelEntry, family: Family) -> Path:

@@ -450,6 +450,8 @@ def _sample_variant(request: EvalRequest, variant: Variant, items: list[Item], m
         allow_pickle=request.allow_pickle, dtype=request.dtype, device=device, adapters=variant.adapters,
         plugins=plugins,
     )
+    if not pair.task.can_decode():  # before any sampling
+        raise PriorswapError(f"'{request.model}' has no decoder here (no vae/ folder): measuring needs images")
     rec = pair.model.resolved.entry.recommended
     dual = "partial" in pair.task.levels
     steps = request.steps or rec.steps

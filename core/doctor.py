@@ -83,6 +83,20 @@ def report(console: Console, registry_files: list[str]) -> bool:
     console.print(env)
 
     plugins = get_plugins()
+    refs = plugins.lazy_references()
+    broken: dict[str, list[str]] = {}  # plugin → its registrations whose reference does not resolve
+    from .task import Task
+
+    for plugin, what, ref in refs:
+        try:
+            value = resolve_ref(ref)
+            if what.startswith("task ") and not (isinstance(value, type) and issubclass(value, Task)):
+                raise PriorswapError(f"{ref!r} is not a priorswap.Task subclass")
+            if not what.startswith("task ") and not callable(value):
+                raise PriorswapError(f"{ref!r} is not callable")
+        except PriorswapError as e:
+            broken.setdefault(plugin, []).append(f"[red]plugin {plugin}, {what}:[/] {e}")
+
     table = Table(title="Plugins", title_justify="left")
     table.add_column("plugin")
     table.add_column("status")
@@ -90,7 +104,12 @@ def report(console: Console, registry_files: list[str]) -> bool:
     for name in plugins.names():
         what = plugins.registered_by(name)
         failed = [f for f in plugins.failures if f.plugin == name]
-        status = "[red]failed[/]" if failed else "[green]ok[/]"
+        if failed:
+            status = "[red]failed[/]"
+        elif name in broken:
+            status = f"[red]{len(broken[name])} broken reference{'s' if len(broken[name]) > 1 else ''}[/]"
+        else:
+            status = "[green]ok[/]"
         table.add_row(name, status, ", ".join(what))
     for failure in plugins.failures:
         if failure.stage == "import":
@@ -105,22 +124,10 @@ def report(console: Console, registry_files: list[str]) -> bool:
             stage = "import" if failure.stage == "import" else f"hook {failure.stage}"
             console.print(f"[red]plugin {failure.plugin} failed in {stage}:[/] {failure.error}", soft_wrap=True)
         ok = False
-
-    refs = plugins.lazy_references()
-    broken_refs = 0
-    from .task import Task
-
-    for plugin, what, ref in refs:
-        try:
-            value = resolve_ref(ref)
-            if what.startswith("task ") and not (isinstance(value, type) and issubclass(value, Task)):
-                raise PriorswapError(f"{ref!r} is not a priorswap.Task subclass")
-            if not what.startswith("task ") and not callable(value):
-                raise PriorswapError(f"{ref!r} is not callable")
-        except PriorswapError as e:
-            console.print(f"[red]plugin {plugin}, {what}:[/] {e}", soft_wrap=True)
-            broken_refs += 1
-    if broken_refs:
+    for lines in broken.values():
+        for line in lines:
+            console.print(line, soft_wrap=True)
+    if broken:
         ok = False
     else:
         console.print(f"Plugin references: [green]all {len(refs)} resolve[/]")
@@ -141,9 +148,14 @@ def report(console: Console, registry_files: list[str]) -> bool:
         console.print(f"[red]Registry: {e}[/]")
         ok = False
 
-    from .nullcache import cache_dir
+    from .nullcache import cache_dir, checked_home
 
-    console.print(f"Null-condition cache: {cache_dir()}")
+    try:
+        checked_home()
+        console.print(f"Null-condition cache: {cache_dir()}")
+    except PriorswapError as e:
+        console.print(f"[red]Cache: {e}[/]", soft_wrap=True)
+        ok = False
     from .errors import MetricUnavailable
     from .fid_inception import INCEPTION
     from .lpips_alexnet import ALEXNET, heads_file

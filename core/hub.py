@@ -337,12 +337,12 @@ def _converted_pickle(pickle: Path) -> Path:
     content hash for hub blobs), size and mtime, so a changed file is converted again."""
     import hashlib
 
-    from .nullcache import cache_home
+    from .nullcache import checked_home
 
     real = pickle.resolve()
     stat = real.stat()
     key = hashlib.sha256(f"{real}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:24]
-    return cache_home() / "converted" / "pickles" / key
+    return checked_home() / "converted" / "pickles" / key
 
 
 def _save_converted(model: Any, out: Path) -> None:

@@ -69,7 +69,21 @@ def test_a_cache_setting_that_names_a_file_is_not_an_empty_cache(tmp_path, monke
             message = " ".join(err.split())
             assert code == 2 and f"the priorswap cache {setting} (PRIORSWAP_CACHE)" in message, message
             assert "not a folder: set PRIORSWAP_CACHE to a folder" in message and "empty" not in out
+        code, out, _ = run_cli(capsys, "doctor")
+        assert code == 1 and "not a folder: set PRIORSWAP_CACHE" in " ".join(out.split())
     assert (tmp_path / "notes.txt").read_text() == "not a folder"
+
+
+def test_the_converted_and_recognition_caches_refuse_a_file_setting_too(tmp_path, monkeypatch):
+    from priorswap import checkpoints, conversion
+    from priorswap.errors import PriorswapError
+
+    (tmp_path / "notes.txt").write_text("not a folder")
+    monkeypatch.setenv("PRIORSWAP_CACHE", str(tmp_path / "notes.txt"))
+    with pytest.raises(PriorswapError, match="is a file, not a folder"):
+        conversion.cache_root()
+    with pytest.raises(PriorswapError, match="is a file, not a folder"):
+        checkpoints._cache_file(tmp_path / "notes.txt")
 
 
 def test_sampling_with_a_cache_setting_that_names_a_file_exits_2(tmp_path, monkeypatch, capsys, dit_folder,

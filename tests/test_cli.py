@@ -466,3 +466,27 @@ def test_transformers_loading_bars_are_silenced_but_not_the_hubs(tmp_path, capsy
     assert "Loading weights" not in err and "it/s" not in err, err
     assert "guidance: prior-swap" in err and "images →" in err  # priorswap's own lines stay
     assert not are_progress_bars_disabled()  # downloads keep their bars
+
+
+def test_list_says_where_each_definition_comes_from_and_what_it_overrides(capsys, tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from priorswap import cli
+
+    monkeypatch.setattr(cli, "console", Console(width=400))
+    user = tmp_path / "mine.yaml"
+    user.write_text(
+        "models:\n"
+        "  toy-digits-class:\n"
+        "    plugin: toy\n"
+        "    roles: [model, prior]\n"
+        "    source: {package: priorswap.plugins.toy, path: weights/toy-digits-class}\n"
+        "    latent_space: toy-pixels\n"
+        "    resolution: 16\n"
+    )
+    code, out, _ = run_cli(capsys, "list", "--registry", str(user))
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 3}
+    assert code == 0 and "defined in" in out
+    assert f"{user} (overrides plugin toy)" in rows["toy-digits-class"]
+    assert "plugin toy" in rows["toy-digits-base"] and "overrides" not in rows["toy-digits-base"]
+    assert "shipped" in rows["dit-xl-2-256"] and "plugin toy" in rows["toy-pixels"]

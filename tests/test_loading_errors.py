@@ -158,6 +158,30 @@ def test_a_task_says_before_sampling_whether_it_can_decode(tmp_path, dit_folder)
     assert pair.sample(class_label=[1], steps=2).images is None
 
 
+def test_sample_without_a_decoder_refuses_images_before_sampling(tmp_path, dit_folder, capsys, monkeypatch):
+    from priorswap.engine import Sampler
+
+    folder = tmp_path / "no-vae"
+    shutil.copytree(dit_folder, folder)
+    shutil.rmtree(folder / "vae")
+
+    def never(*args, **kwargs):
+        raise AssertionError("sampled before refusing")
+
+    monkeypatch.setattr(Sampler, "run", never)
+    reg = registry(tmp_path, f"""
+        latents-only:
+          plugin: dit
+          source: {{path: {folder}}}
+          latent_space: {tiny_space(dit_folder)}
+          resolution: 16
+    """)
+    out = tmp_path / "x.png"
+    code, _, err = run_cli(capsys, "sample", "--model", "latents-only", "--registry", reg, "--class-label", "1",
+                           "--steps", "2", "--out", str(out))
+    assert code == 2 and "has no decoder here" in err and "--save-latents" in err and not out.exists()
+
+
 def test_the_default_can_decode_follows_decode():
     from priorswap.task import Task
 

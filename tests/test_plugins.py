@@ -298,3 +298,21 @@ def test_a_task_input_named_like_a_sampling_option_is_refused():
     with pytest.raises(plugin_manager.PluginError, match=r"task 'clashing' has inputs named like sampling "
                                                          r"options \(out_dir, steps\).*rename"):
         plugins.task("clashing")
+
+
+def test_doctor_marks_a_plugin_with_a_broken_reference_in_its_row(capsys, monkeypatch):
+    from priorswap import hookimpl
+
+    class Typo:
+        @hookimpl
+        def register_tasks(self, register):
+            register("typo-task", "math:NoSuchTask")  # registers fine; resolves only when used
+
+    plugins = Plugins.discover()
+    plugins.add(Typo(), "typo_refs")
+    monkeypatch.setattr(plugin_manager, "_CACHE", plugins)
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run_cli(capsys, "doctor")
+    row = next(line for line in out.splitlines() if "typo_refs" in line and "│" in line)
+    assert code == 1 and "1 broken reference" in row and " ok " not in row
+    assert "plugin typo_refs, task typo-task:" in " ".join(out.split())
