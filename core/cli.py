@@ -533,6 +533,15 @@ def _distinct(values: list, option: str) -> list:
 _TYPE_NAMES = ((bool, "BOOLEAN"), (int, "INTEGER"), (float, "FLOAT"), (str, "TEXT"), (os.PathLike, "PATH"))
 
 
+def _bounds_text(metadata: list) -> str:
+    """A field's numeric bounds (pydantic's ge/gt/le/lt) as ` 0 ≤ x < 10`, or "" when it has none."""
+    low = next((f"{m.ge:g} ≤ " for m in metadata if getattr(m, "ge", None) is not None), "")
+    low = low or next((f"{m.gt:g} < " for m in metadata if getattr(m, "gt", None) is not None), "")
+    high = next((f" ≤ {m.le:g}" for m in metadata if getattr(m, "le", None) is not None), "")
+    high = high or next((f" < {m.lt:g}" for m in metadata if getattr(m, "lt", None) is not None), "")
+    return f" ({low}x{high})" if low or high else ""
+
+
 def _type_text(annotation: Any) -> str:
     """A task input's type as `--help` shows option types: INTEGER, FLOAT, TEXT, PATH; `X...` for an option
     that repeats (a list), `[X]` for one that may be left out (None), `a|b` for a choice."""
@@ -542,14 +551,16 @@ def _type_text(annotation: Any) -> str:
 
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Annotated:
-        return _type_text(args[0])
+        metadata = [m for a in args[1:] for m in getattr(a, "metadata", [a])]
+        return _type_text(args[0]) + _bounds_text(metadata)
     if origin in (typing.Union, types.UnionType):
         kinds = [a for a in args if a is not type(None)]
         text = " | ".join(_type_text(a) for a in kinds)
         return f"[{text}]" if len(kinds) < len(args) else text
     if origin in (list, tuple, set, frozenset):
         items = [a for a in args if a is not Ellipsis]
-        return (_type_text(items[0]) if items else "VALUE") + "..."
+        kind, space, bounds = (_type_text(items[0]) if items else "VALUE").partition(" (")
+        return kind + "..." + space + bounds  # INTEGER... (0 ≤ x < 10): each value within the bounds
     if origin is typing.Literal:
         return "|".join(str(a) for a in args)
     if isinstance(annotation, type):
@@ -587,7 +598,8 @@ def tasks(
             table.add_column(col, overflow="fold")
         for field_name, field in task.Inputs.model_fields.items():
             default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
-            table.add_row("--" + field_name.replace("_", "-"), _type_text(field.annotation), default,
+            table.add_row("--" + field_name.replace("_", "-"),
+                          _type_text(field.annotation) + _bounds_text(field.metadata), default,
                           field.description or "")
         console.print(table)
 

@@ -417,8 +417,10 @@ def test_tasks_prints_readable_types(capsys):
             if line.startswith("│ --")}
     assert code == 0
     assert rows["--end-image"] == "[PATH]" and rows["--image"] in ("PATH", "PATH...")
-    assert rows["--source-index"] == "INTEGER..." and rows["--class-label"] == "INTEGER..."
-    assert rows["--prompt"] == "TEXT..." and rows["--frames"] == "[INTEGER]" and rows["--azimuth"] == "FLOAT"
+    assert rows["--source-index"] == "INTEGER... (0 ≤ x < 360)"
+    assert rows["--class-label"].startswith("INTEGER... (0 ≤ x")
+    assert rows["--prompt"] == "TEXT..." and rows["--frames"] == "[INTEGER] (0 < x)" and rows["--azimuth"] == "FLOAT"
+    assert rows["--count"] == "INTEGER (1 ≤ x ≤ 64)"  # bounds of a field's own Field(ge=, le=)
     assert not any(word in out for word in ("Optional", "Annotated", "pathlib", "typing", "list["))
 
 
