@@ -141,19 +141,23 @@ def test_doctor_checks_that_package_sources_resolve(tmp_path, dit_folder, builti
 # 6: decoding needs a decoder
 
 
-def test_a_task_says_before_sampling_whether_it_can_decode(tmp_path, dit_folder):
-    assert priorswap.load_pair(str(dit_folder)).task.can_decode()
+def latents_only(tmp_path, dit_folder) -> str:
+    """A registry file with `latents-only`: the tiny DiT without its vae/ folder."""
     folder = tmp_path / "no-vae"
     shutil.copytree(dit_folder, folder)
     shutil.rmtree(folder / "vae")
-    reg = registry(tmp_path, f"""
+    return registry(tmp_path, f"""
         latents-only:
           plugin: dit
           source: {{path: {folder}}}
           latent_space: {tiny_space(dit_folder)}
           resolution: 16
     """)
-    pair = priorswap.load_pair("latents-only", registry_files=[reg])
+
+
+def test_a_task_says_before_sampling_whether_it_can_decode(tmp_path, dit_folder):
+    assert priorswap.load_pair(str(dit_folder)).task.can_decode()
+    pair = priorswap.load_pair("latents-only", registry_files=[latents_only(tmp_path, dit_folder)])
     assert not pair.task.can_decode()
     assert pair.sample(class_label=[1], steps=2).images is None
 
@@ -161,22 +165,11 @@ def test_a_task_says_before_sampling_whether_it_can_decode(tmp_path, dit_folder)
 def test_sample_without_a_decoder_refuses_images_before_sampling(tmp_path, dit_folder, capsys, monkeypatch):
     from priorswap.engine import Sampler
 
-    folder = tmp_path / "no-vae"
-    shutil.copytree(dit_folder, folder)
-    shutil.rmtree(folder / "vae")
-
     def never(*args, **kwargs):
         raise AssertionError("sampled before refusing")
 
     monkeypatch.setattr(Sampler, "run", never)
-    reg = registry(tmp_path, f"""
-        latents-only:
-          plugin: dit
-          source: {{path: {folder}}}
-          latent_space: {tiny_space(dit_folder)}
-          resolution: 16
-    """)
-    out = tmp_path / "x.png"
+    reg, out = latents_only(tmp_path, dit_folder), tmp_path / "x.png"
     code, _, err = run_cli(capsys, "sample", "--model", "latents-only", "--registry", reg, "--class-label", "1",
                            "--steps", "2", "--out", str(out))
     assert code == 2 and "has no decoder here" in err and "--save-latents" in err and not out.exists()
