@@ -611,7 +611,7 @@ def eval_(
         list[str], typer.Option(help="Prior id(s) or folder(s); 'none' is plain CFG. Repeat or comma-separate.")
     ] = ["none"],  # noqa: B006
     data: Annotated[
-        Path | None, typer.Option(help="Dataset folder with items.jsonl (format: docs/eval.md). Without it, the "
+        Path | None, typer.Option(help="Dataset folder holding items.jsonl (docs/eval.md). Without it, the "
                                        "task's built-in evaluator runs, if a plugin has one.")
     ] = None,
     guidance: Annotated[
@@ -632,18 +632,20 @@ def eval_(
     steps: Annotated[int | None, typer.Option(help="Sampling steps.")] = None,
     clip: Annotated[
         str | None,
-        typer.Option(help="With --data: CLIP model for the CLIP metrics, hub id (ID@REVISION pins one) "
-                          "or local folder (default openai/clip-vit-large-patch14)."),
+        typer.Option(help="With --data: the CLIP model of the CLIP metrics: hub id (ID@REVISION pins one) or "
+                          "folder. Default: openai/clip-vit-large-patch14"),
     ] = None,
     ablate_adapters: Annotated[
-        bool, typer.Option(help="Also run each prior with adapters disabled (naive timestep reuse).")
+        bool, typer.Option("--ablate-adapters", help="Also run each prior with adapters disabled (naive timestep "
+                                                     "reuse).")
     ] = False,
     out: Annotated[Path | None, typer.Option(help="Folder for results.json, results.md and the images.")] = None,
-    offline: Annotated[bool, typer.Option(help="Never contact the hub; use cached weights only.")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="Never contact the hub; use cached weights only.")] = False,
     allow_pickle: Annotated[
-        bool, typer.Option(help="Allow pickled .bin weights (loaded with torch.load(weights_only=True)).")
+        bool, typer.Option("--allow-pickle", help="Allow pickled .bin weights (read with torch.load, "
+                                                  "weights_only=True).")
     ] = False,
-    dtype: Annotated[str, typer.Option(help="Weights dtype: fp32, fp16 or bf16.")] = "fp32",
+    dtype: Annotated[str | None, typer.Option(help="Weights dtype: fp32 (default), fp16 or bf16.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, mps (default: cuda if available).")] = None,
     registry: RegistryOpt = None,
 ) -> None:
@@ -658,8 +660,8 @@ def eval_(
     _distinct(priors, "--prior")
     dataset_only = {"--limit": limit, "--clip": clip, "--samples-per-item": samples_per_item, "--metrics": metrics}
     if data is None and any(v is not None for v in dataset_only.values()):
-        given = ", ".join(k for k, v in dataset_only.items() if v is not None)
-        raise PriorswapError(f"{given} only apply with --data DIR")
+        given = [k for k, v in dataset_only.items() if v is not None]
+        raise PriorswapError(f"{', '.join(given)} only {'applies' if len(given) == 1 else 'apply'} with --data DIR")
     if data is not None and samples is not None:
         raise PriorswapError("--samples is for built-in evaluators; with --data every item is sampled "
                              "--samples-per-item times per seed (and --limit picks the items)")
@@ -675,12 +677,17 @@ def eval_(
     for value in scales:
         checks.finite(value, "--guidance")
     checks.finite(image_guidance, "--image-guidance")
-    device = checks.device(device)
+    if device is not None:  # left None when not given: a built-in evaluator refuses what it cannot honour
+        device = checks.device(device)
+    metric_list = [m.strip() for m in metrics.split(",") if m.strip()] if metrics is not None else None
+    if metric_list:
+        _distinct(metric_list, "--metrics")
     seed_list = _ints(seeds, "--seeds") if seeds else None
     for s in seed_list or []:
         checks.seed(s, "--seeds")
     from .dataset_eval import EvalRequest, run
     from .loading import task_and_entry
+    from .provenance import command_line
 
     plugins = get_plugins()
     # before any weights load (and before the dataset is read): the options that depend on the model's task
@@ -692,9 +699,9 @@ def eval_(
         guidance=_floats(guidance, "--guidance") if guidance is not None else None,
         image_guidance=image_guidance, samples=samples, seeds=seed_list,
         steps=steps, out=out, ablate_adapters=ablate_adapters, registry=registry or [], offline=offline,
-        allow_pickle=allow_pickle, device=device, dtype=parse_dtype(dtype, "--dtype"), data=data, limit=limit,
-        clip=clip, samples_per_item=1 if samples_per_item is None else samples_per_item,
-        metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics is not None else None,
+        allow_pickle=allow_pickle, device=device, dtype=parse_dtype(dtype, "--dtype") if dtype else None,
+        data=data, limit=limit, clip=clip, samples_per_item=1 if samples_per_item is None else samples_per_item,
+        metrics=metric_list, command=command_line(),
     )
     quiet_transformers()
     if data is not None:
@@ -757,6 +764,22 @@ def _source_text(role: dict | None) -> str:
     return f"{role['id']} — {where}, {role['dtype']}"
 
 
+def _grid_column_rows(rec: dict) -> list[tuple[str, str]]:
+    """`info` rows of an `eval --data` samples.png record: its grid, and each column's prior and guidance."""
+    from .provenance import formula
+
+    grid = rec.get("eval") or {}
+    rows = [("grid", f"rows (items) {', '.join(map(str, grid.get('rows', [])))}; columns "
+                     f"{' | '.join(grid.get('columns', []))}; dataset {grid.get('data')}")]
+    for label, column in rec["columns"].items():
+        g = column.get("guidance") or {}
+        terms = formula([(t["weight"], t["role"], t["level"]) for t in g.get("terms", [])])
+        adapters = "; ".join(column.get("adapters") or [])
+        rows.append((label, f"prior {_source_text(column.get('prior'))}; {g.get('method')}: x̂0 = {terms}"
+                            + (f"; adapters: {adapters}" if adapters else "")))
+    return rows
+
+
 @app.command()
 def info(
     files: Annotated[list[Path], typer.Argument(help="PNG, GIF, MP4 or safetensors files written by priorswap.")],
@@ -791,6 +814,8 @@ def info(
             ("task", str(rec.get("task"))),
             ("inputs", json.dumps(rec.get("inputs"), ensure_ascii=False)),
         ]
+        if isinstance(rec.get("columns"), dict):  # an `eval --data` samples.png: a prior and a rule per column
+            rows[1:4] = _grid_column_rows(rec)
         if rec.get("input_sha256"):
             rows.append(("input files", "; ".join(
                 f"{name}: sha256 {', '.join(map(str, v)) if isinstance(v, list) else v}"
@@ -813,10 +838,10 @@ def check_golden(
     ] = False,
 ) -> None:
     """Run reference fixtures through their plugins; print every tensor's deviation; exit 0 only if all pass."""
-    from .golden import check_fixture, find_fixtures, read_fixture
+    from .golden import check_fixture, find_all, read_fixture
     from .plugin_manager import get_plugins
 
-    fixtures = [f for folder in folders for f in find_fixtures(folder)]
+    fixtures = find_all(folders)  # each fixture once, however it is reached
     checked = get_plugins().golden_checks
     passed = failed = skipped = 0
     for folder in fixtures:

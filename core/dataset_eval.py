@@ -2,7 +2,8 @@
 prior swap) × guidance scale × seed, measure the task's metrics, and report them with bootstrap CIs.
 
 Writes results.json (one record per variant × scale with every per-sample value), results.md (a
-table) and samples.png (input | target | one column per variant and scale, for the first items).
+table) and samples.png (input | target | one column per variant and scale, for the first items, labelled,
+with a provenance record).
 """
 
 from __future__ import annotations
@@ -23,20 +24,23 @@ from . import checks
 from . import image_metrics as M
 from .datasets import Item, load_items
 from .errors import PriorswapError
+from .images import WHITE
 from .loading import task_and_entry
 from .plugin_manager import Plugins, get_plugins
 
 INPUT_FIELD = "image"  # the task input that holds the source image (clip-image, clip-direction, the grid)
 TEXT_FIELD = "prompt"  # the task input clip-text falls back to without caption_out
 GRID_ITEMS = 4
+GRID_MIN_CELL = 64  # px: smaller outputs (the toy's 16×16) are scaled up (nearest) in samples.png, under labels
 N_BOOT = 500
 N_BOOT_SET = 200  # Fréchet distances cost an eigendecomposition per resample
+OUTPUTS = ("results.json", "results.md", "samples.png")
 
 
 @dataclass
 class EvalRequest:
     """What `priorswap eval` was asked. None means "the evaluator's default"; a built-in evaluator (the
-    `register_evaluators` hook) may ignore options that do not apply to it."""
+    `register_evaluators` hook) should refuse options that do not apply to it rather than ignore them."""
 
     model: str
     priors: list[str | None] = field(default_factory=lambda: [None])  # None = plain CFG / dual CFG
@@ -57,6 +61,7 @@ class EvalRequest:
     clip: str | None = None
     samples_per_item: int = 1
     metrics: list[str] | None = None  # a subset of the task's metrics; None = all
+    command: str | None = None  # the command line, for the provenance record of samples.png
 
 
 @dataclass(frozen=True)
@@ -131,8 +136,9 @@ class Measurer:
     support are listed in `skipped` with the reason; what depends only on an item is computed once."""
 
     def __init__(self, names: tuple[str, ...], items: list[Item], clip: str | None, device: str,
-                 offline: bool, allow_pickle: bool) -> None:
+                 offline: bool, allow_pickle: bool, background: int = WHITE) -> None:
         self.items = items
+        self.background = background  # where images are transparent (the task's `image_background`)
         self.skipped: dict[str, str] = {}
         names = list(dict.fromkeys(names))
         if "clip-image" in names and any(i.target for i in items):
@@ -147,6 +153,7 @@ class Measurer:
         self._load(active, clip or M.DEFAULT_CLIP, device, offline, allow_pickle)
         self.active = [n for n in active if n not in self.skipped]
         self.declared = names
+        self.unmeasured = {n: ids for n in self.active if (ids := [i.id for i in items if not _covers(n, i)])}
         self._cache: dict[Any, Any] = {}
 
     @staticmethod
@@ -199,18 +206,16 @@ class Measurer:
             self._cache[key] = make()
         return self._cache[key]
 
-    @staticmethod
-    def input_pil(item: Item) -> Any:
+    def input_pil(self, item: Item) -> Any:
         from .images import open_image
 
-        return open_image(_path(item))
+        return open_image(_path(item), background=self.background)
 
-    @staticmethod
-    def target(item: Item, size: tuple[int, int]) -> torch.Tensor:
+    def target(self, item: Item, size: tuple[int, int]) -> torch.Tensor:
         """The target image in [0, 1], (1, 3, H, W), resized (bicubic) to the output size."""
         from .images import load_image
 
-        return _to_unit(load_image(item.target, size))
+        return _to_unit(load_image(item.target, size, background=self.background))
 
     def clip_image(self, key: tuple, make_pil: Any) -> torch.Tensor:
         return self._once(("clip",) + key, lambda: self.clip.images([make_pil()]))
@@ -236,7 +241,8 @@ class Measurer:
             if "clip-image-target" in self.active and item.target:
                 from .images import open_image
 
-                ref = self.clip_image(("target", item.id), lambda: open_image(item.target))
+                ref = self.clip_image(("target", item.id),
+                                      lambda: open_image(item.target, background=self.background))
                 values["clip-image-target"] = M.cosine(embeds, ref)
             texts = _texts(item, rows)
             if "clip-text" in self.active and texts:
@@ -264,18 +270,51 @@ class Measurer:
             for item in self.items:
                 path = item.target if self.reference == "target" else _path(item)
                 if name == "fd-clip":
-                    feats.append(self.clip.images([open_image(path)]).double().numpy())
+                    feats.append(self.clip.images([open_image(path, background=self.background)]).double().numpy())
                 else:
-                    feats.append(self.inception(_to_unit(_load_native(path))))
+                    feats.append(self.inception(_to_unit(_load_native(path, self.background))))
             return np.concatenate(feats)
 
         return self._once(("reference", name), make)
 
 
-def _load_native(path: Path) -> torch.Tensor:
+def _load_native(path: Path, background: int) -> torch.Tensor:
     from .images import load_image
 
-    return load_image(path)
+    return load_image(path, background=background)
+
+
+NEEDS_TEXT = {"target": "a `target`", "image": f"an input `{INPUT_FIELD}`",
+              "text": f"a `caption_out` or `{TEXT_FIELD}`", "captions": "both `caption_in` and `caption_out`"}
+"""What an item must have for a per-sample metric (by `MetricInfo.needs`), for the messages."""
+
+
+def _covers(name: str, item: Item) -> bool:
+    """Whether the per-sample metric `name` can be measured on `item` (set metrics take every item)."""
+    needs = M.METRICS[name].needs
+    if needs == "target":
+        return item.target is not None
+    if needs == "image":
+        return _path(item) is not None
+    if needs == "text":
+        return bool(item.caption_out or item.value(TEXT_FIELD))
+    if needs == "captions":
+        return bool(item.caption_in and item.caption_out and _path(item))
+    return True
+
+
+def coverage_warnings(measurer: Measurer, total: int) -> list[str]:
+    """One line per need that some items lack: which metrics it leaves measured on a subset, and which items."""
+    by_need: dict[str, list[str]] = defaultdict(list)
+    for name in measurer.unmeasured:
+        by_need[M.METRICS[name].needs].append(name)
+    lines = []
+    for needs, names in by_need.items():
+        ids = measurer.unmeasured[names[0]]
+        shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+        lines.append(f"{', '.join(names)} measured on {total - len(ids)} of {total} items; the items without "
+                     f"{NEEDS_TEXT[needs]}: {shown}")
+    return lines
 
 
 # ---- aggregating -------------------------------------------------------------------------------------------
@@ -339,8 +378,17 @@ def _fit(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return cell
 
 
+def _missing_cell(height: int, width: int) -> torch.Tensor:
+    """A crossed-out cell (white, gray diagonals) where an item has no such image, unlike a white image."""
+    cell = torch.ones(3, height, width)
+    rows = torch.arange(height)
+    for cols in ((rows * (width - 1)) // max(1, height - 1), (width - 1) - (rows * (width - 1)) // max(1, height - 1)):
+        cell[:, rows, cols] = 0.6
+    return cell
+
+
 def grid_cells(measurer: Measurer, shown: list[Item], columns: list[str], outputs: dict) -> tuple[torch.Tensor, int]:
-    """Rows of input | target | each variant × scale for the first items; white where a cell is missing."""
+    """Rows of input | target | each variant × scale for the first items; crossed out where a cell is missing."""
     first = next(iter(outputs.values()))
     height, width = first.shape[-2:]
     with_input = any(_shown_path(i) for i in shown)
@@ -351,13 +399,14 @@ def grid_cells(measurer: Measurer, shown: list[Item], columns: list[str], output
         if with_input:
             from .images import open_image
 
-            row.append(open_image(_shown_path(item)) if _shown_path(item) else None)
+            shown_path = _shown_path(item)
+            row.append(open_image(shown_path, background=measurer.background) if shown_path else None)
         if with_target:
             row.append(measurer.target(item, (height, width)) if item.target else None)
         row += [outputs.get((item.id, c)) for c in columns]
         for cell in row:
             if cell is None:
-                cells.append(torch.ones(3, height, width))
+                cells.append(_missing_cell(height, width))
                 continue
             if not isinstance(cell, torch.Tensor):
                 from .images import pil_to_tensor
@@ -367,54 +416,153 @@ def grid_cells(measurer: Measurer, shown: list[Item], columns: list[str], output
     return torch.stack(cells), with_input + with_target + len(columns)
 
 
+def _font(size: int = 11) -> tuple[Any, bool]:
+    """A font for the grid's labels, and whether it has Greek letters (DejaVu Sans where installed, else
+    Pillow's own font, which has not: γ is then written "g")."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size), True
+    except OSError:
+        pass
+    try:
+        return ImageFont.load_default(size=size), False  # FreeType (Pillow ≥ 10.1)
+    except (TypeError, ValueError, OSError, ImportError):
+        return ImageFont.load_default(), False
+
+
+def _wrap(text: str, font: Any, width: int) -> list[str]:
+    """`text` in lines no wider than `width` pixels: at spaces, else after a ':', '-' or '/' inside a word
+    that is too long, else anywhere in it."""
+    import re
+
+    def fits(t: str) -> bool:
+        return font.getlength(t) <= width
+
+    tokens = [(part, j == 0 and i > 0) for i, word in enumerate(text.split())
+              for j, part in enumerate(re.findall(r"[^:/-]+[:/-]*|[:/-]+", word))]
+    lines: list[str] = []
+    for part, space in tokens:
+        glue = " " if space else ""
+        if lines and fits(lines[-1] + glue + part):
+            lines[-1] += glue + part
+            continue
+        while not fits(part) and len(part) > 1:
+            cut = next((k for k in range(len(part) - 1, 0, -1) if fits(part[:k])), 1)
+            lines.append(part[:cut])
+            part = part[cut:]
+        lines.append(part)
+    return lines or [""]
+
+
+def labelled_grid(cells: torch.Tensor, columns: int, labels: list[str], rows: list[str],
+                  pad: int = 2) -> tuple[Any, dict]:
+    """The grid of `cells` (B, 3, h, w) in [0, 1], `columns` wide, as a PIL image with `labels` above the
+    columns and the `rows` (item ids) on the left. Cells smaller than GRID_MIN_CELL pixels are scaled up by
+    a whole factor (nearest), so 16-pixel outputs stay readable under their labels. Returns the image and
+    its layout: {top, left, cell: [height, width], pad, scale} (cell (r, c) starts at top + pad + r·(height
+    + pad), left + pad + c·(width + pad))."""
+    from PIL import Image, ImageDraw
+
+    from .media import to_grid, to_pil
+
+    h, w = cells.shape[-2:]
+    scale = max(1, math.ceil(GRID_MIN_CELL / min(h, w)))
+    if scale > 1:
+        cells = cells.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+    h, w = h * scale, w * scale
+    body = to_pil(to_grid(cells, columns, pad))
+    font, greek = _font()
+    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (9, 2)
+    line = ascent + descent + 1
+    heads = [_wrap(label if greek else label.replace("γ", "g"), font, w) for label in labels]
+    names = [_wrap(name, font, max(GRID_MIN_CELL, min(w, 120)))[: max(1, h // line)] for name in rows]
+    top = pad + line * max(len(lines) for lines in heads) + pad
+    left = pad + max(math.ceil(font.getlength(t)) for lines in names for t in lines) + pad
+    canvas = Image.new("RGB", (left + body.width, top + body.height), "white")
+    canvas.paste(body, (left, top))
+    draw = ImageDraw.Draw(canvas)
+    for c, lines in enumerate(heads):
+        for k, text in enumerate(lines):
+            draw.text((left + pad + c * (w + pad), pad + k * line), text, fill="black", font=font)
+    for r, lines in enumerate(names):
+        for k, text in enumerate(lines):
+            draw.text((pad, top + pad + r * (h + pad) + k * line), text, fill="black", font=font)
+    return canvas, {"top": top, "left": left, "cell": [h, w], "pad": pad, "scale": scale}
+
+
 # ---- writing ---------------------------------------------------------------------------------------------
 
 
-def _fmt(m: dict) -> str:
+def _fmt(m: dict, total: int) -> str:
+    """A table cell: value [CI], and "(k of N items)" when the metric covers only some of the N items."""
+    subset = f" ({m['items']} of {total} items)" if m.get("items", total) < total else ""
     if m["value"] is None:
-        return "—"
+        return "—" + subset
     lo, hi = m["ci_low"], m["ci_high"]
-    return f"{m['value']:.4g} [{lo:.4g}, {hi:.4g}]" if lo is not None and hi is not None else f"{m['value']:.4g}"
+    text = f"{m['value']:.4g} [{lo:.4g}, {hi:.4g}]" if lo is not None and hi is not None else f"{m['value']:.4g}"
+    return text + subset
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def markdown(results: dict) -> str:
     names = [n for n in results["metrics"] if any(n in r["metrics"] for r in results["records"])]
+    seeds = results["seeds"]
+    how = "; ".join(part for part in (
+        f"{results.get('scheduler')}, η={results['eta']:g}" if results.get("scheduler") else "",
+        f"{results['dtype']} on {results['device']}" if results.get("dtype") else "") if part)
     lines = [
         f"## {results['model']} on {results['data']}", "",
-        f"Task `{results['task']}`, {results['items']} items, seeds {', '.join(map(str, results['seeds']))}, "
-        f"{results['samples_per_item']} sample(s) per item and seed, {results['steps']} steps. "
-        "95 % bootstrap intervals over items.", "",
+        f"Task `{results['task']}`: {_plural(results['items'], 'item')}; {'seed' if len(seeds) == 1 else 'seeds'} "
+        f"{', '.join(map(str, seeds))}; {_plural(results['samples_per_item'], 'sample')} per item and seed; "
+        f"{_plural(results['steps'], 'step')}" + (f" ({how})" if how else "") + ". "
+        f"95 % bootstrap intervals over items ({results.get('bootstrap_resamples', N_BOOT)} resamples).", "",
     ]
     if names:
         arrows = [("↑" if M.METRICS[n].higher_is_better else "↓") for n in names]
         lines += ["| method | γ | " + " | ".join(f"{n} {a}" for n, a in zip(names, arrows, strict=True)) + " |",
                   "|---|---|" + "---|" * len(names)]
         for r in results["records"]:
-            cells = [_fmt(r["metrics"][n]) if n in r["metrics"] else "" for n in names]
+            cells = [_fmt(r["metrics"][n], results["items"]) if n in r["metrics"] else "" for n in names]
             gamma = f"{r['guidance']:g}" + (f" / γI={r['image_guidance']:g}" if r["image_guidance"] is not None else "")
             lines.append(f"| {r['method']} | {gamma} | " + " | ".join(cells) + " |")
         lines.append("")
     if results["skipped"]:
         lines += ["Skipped metrics:", ""] + [f"- **{k}**: {v}" for k, v in results["skipped"].items()] + [""]
+    if results.get("coverage"):
+        lines += ["Measured on some items only:", ""] + [f"- {w}" for w in results["coverage"]] + [""]
     lines += [f"samples.png columns: {' | '.join(results['grid_columns'])} (first {results['grid_items']} items)", ""]
     return "\n".join(lines)
 
 
-def write_outputs(out: Path, results: dict, cells: torch.Tensor | None, columns: int) -> None:
-    """results.json, results.md and samples.png, each written atomically; if one fails, none is left (the
-    failure is a PriorswapError naming the file)."""
-    from .media import all_or_nothing, save_grid, write_atomic
+def check_out(out: Path) -> None:
+    """Before any sampling: --out must be a folder (or not exist yet) and none of the files it gets may be
+    a folder."""
+    if out.exists() and not out.is_dir():
+        raise PriorswapError(f"--out {out} is a file; give a folder")
+    for name in OUTPUTS:
+        if (out / name).is_dir():
+            raise PriorswapError(f"could not write {out / name}: Is a directory (it would hold this run's "
+                                 f"{name}; remove it or choose another --out); nothing was sampled")
+
+
+def write_outputs(out: Path, results: dict, picture: Any = None, record: dict | None = None) -> None:
+    """results.json, results.md and samples.png (the PIL image `picture`, with the provenance `record`), all or
+    nothing (`priorswap.media.write_together`): the files of a previous run in `out` are replaced only once
+    all three are written, and kept when one fails (a PriorswapError naming the file)."""
+    from .media import write_together
+    from .provenance import png_info
 
     text = json.dumps(results, indent=1, allow_nan=False)
     page = markdown(results)
-    with all_or_nothing((out,)) as written:
-        write_atomic(out / "results.json", lambda tmp: Path(tmp).write_text(text))
-        written.append(out / "results.json")
-        write_atomic(out / "results.md", lambda tmp: Path(tmp).write_text(page))
-        written.append(out / "results.md")
-        if cells is not None:
-            save_grid(cells, out / "samples.png", columns=columns)
-            written.append(out / "samples.png")
+    files = [(out / "results.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8")),
+             (out / "results.md", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))]
+    if picture is not None:
+        files.append((out / "samples.png", lambda tmp: picture.save(tmp, format="PNG", pnginfo=png_info(record))))
+    write_together(files)
 
 
 # ---- the run -----------------------------------------------------------------------------------------------
@@ -428,20 +576,24 @@ def _console(stderr: bool) -> Any:
 
 @dataclass
 class _Grid:
-    """The first sample of the first seed, for the first items, per column (variant × scale)."""
+    """The first sample of the first seed, for the first items, per column (variant × scale), and the run
+    record of each column's first cell (for samples.png's provenance)."""
 
     items: list[Item]
     columns: list[str] = field(default_factory=list)
     outputs: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+    records: dict[str, dict] = field(default_factory=dict)
 
-    def keep(self, item: Item, column: str, seed: int, first_seed: int, images: torch.Tensor) -> None:
+    def keep(self, item: Item, column: str, seed: int, first_seed: int, images: torch.Tensor, record: dict) -> None:
         if seed == first_seed and any(i.id == item.id for i in self.items):
             self.outputs[(item.id, column)] = images[0]
+            self.records.setdefault(column, record)
 
 
 def _sample_variant(request: EvalRequest, variant: Variant, items: list[Item], measurer: Measurer,
-                    grid: _Grid, progress: Any, bar: Any, plugins: Plugins, device: str) -> tuple[list[dict], int]:
-    """Loads the variant's pair once, samples every scale × seed × item with it; (records, steps)."""
+                    grid: _Grid, progress: Any, bar: Any, plugins: Plugins, device: str) -> tuple[list[dict], dict]:
+    """Loads the variant's pair once, samples every scale × seed × item with it; (records, the run record of
+    its first sample)."""
     from .api import load_pair
 
     progress.update(bar, description=f"loading {variant.label}")
@@ -457,7 +609,7 @@ def _sample_variant(request: EvalRequest, variant: Variant, items: list[Item], m
     steps = request.steps or rec.steps
     seeds = request.seeds or [0]
     image_scale = (request.image_guidance or rec.image_guidance or 1.0) if dual else None
-    records = []
+    records, first = [], {}
     for gamma in request.guidance or [rec.guidance]:
         rule = pair.guidance_for(variant.method(dual), gamma, image_scale)
         column = f"{variant.label} γ={gamma:g}"
@@ -470,16 +622,55 @@ def _sample_variant(request: EvalRequest, variant: Variant, items: list[Item], m
                                      num_samples=request.samples_per_item)
                 if result.images is None:
                     raise PriorswapError(f"'{request.model}' has no decoder (vae/ folder): measuring needs images")
+                first = first or result.record
                 images = result.images.float().cpu()
                 measurer.measure(item, images, seed, tally)
-                grid.keep(item, column, seed, seeds[0], images)
+                grid.keep(item, column, seed, seeds[0], images, result.record)
                 progress.advance(bar)
         records.append({
             "prior": variant.prior or "none", "method": variant.label, "rule": rule.name,
             "adapters": variant.adapters, "guidance": gamma, "image_guidance": image_scale,
             "metrics": summarise(measurer, tally),
         })
-    return records, steps
+    return records, first
+
+
+def _check_metrics(request: EvalRequest, task_name: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    """The metrics to measure: the task's, or the subset `request.metrics` names (each once)."""
+    if request.metrics is None:
+        return names
+    unknown = [m for m in request.metrics if m not in names]
+    repeated = sorted({m for m in request.metrics if request.metrics.count(m) > 1})
+    if unknown or not request.metrics:
+        what = f"{', '.join(unknown)} not measured" if unknown else "no metric given"
+        remark = " (clip-image-target comes with clip-image)" if "clip-image" in names else ""
+        raise PriorswapError(f"--metrics {','.join(request.metrics)}: {what}; task '{task_name}' measures "
+                             f"{', '.join(names)}{remark}")
+    if repeated:
+        raise PriorswapError(f"--metrics repeats {', '.join(repeated)}: give each value once")
+    return tuple(request.metrics)
+
+
+def grid_record(results: dict, grid: _Grid, layout: dict, command: str | None) -> dict:
+    """samples.png's provenance record (`priorswap info samples.png`): the versions, device, model, sampling
+    settings and dataset of the run, the grid's rows (item ids, with their inputs and input-file hashes) and
+    columns, and per output column its prior, adapters and guidance rule, from the run record of its first
+    cell."""
+    first = next(iter(grid.records.values()))
+    keep = ("priorswap", "torch", "device", "task", "model", "steps", "scheduler", "eta", "autocast")
+    record = {k: first.get(k) for k in keep}
+    shown = [c for c in results["grid_columns"] if c in grid.records]
+    record.update({
+        "seed": results["seeds"][0], "num_samples": results["samples_per_item"], "command": command,
+        "eval": {"data": results["data"], "results": "results.json", "rows": [i.id for i in grid.items],
+                 "columns": results["grid_columns"], "layout": layout},
+        "columns": {c: {k: grid.records[c].get(k) for k in ("prior", "adapters", "guidance")} for c in shown},
+        "inputs": {i.id: i.inputs.model_dump(mode="json") for i in grid.items},
+    })
+    from .provenance import input_hashes
+
+    record["input_sha256"] = {i.id: input_hashes(i.inputs) for i in grid.items}
+    return record
 
 
 def run(request: EvalRequest) -> dict:
@@ -488,14 +679,15 @@ def run(request: EvalRequest) -> dict:
     The dataset is validated before any weights load."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from . import __version__
     from .hub import is_offline
 
     if request.data is None:
         raise PriorswapError("a dataset evaluation needs --data DIR")
     if request.samples_per_item < 1:
         raise PriorswapError(f"--samples-per-item must be at least 1, got {request.samples_per_item}")
-    if request.out is not None and request.out.exists() and not request.out.is_dir():
-        raise PriorswapError(f"--out {request.out} is a file; give a folder")
+    if request.out is not None:
+        check_out(request.out)
     plugins = get_plugins()
     task_name, task_cls, entry = task_and_entry(request.model, request.registry, plugins,
                                                 allow_pickle=request.allow_pickle)
@@ -503,46 +695,51 @@ def run(request: EvalRequest) -> dict:
     if not task_cls.metrics:
         raise PriorswapError(f"task '{task_name}' declares no metrics (Task.metrics): nothing to measure")
     M.check_metric_names(task_cls.metrics, f"task '{task_name}'")
-    names = tuple(task_cls.metrics)
-    if request.metrics is not None:
-        unknown = [m for m in request.metrics if m not in names]
-        if unknown or not request.metrics:
-            what = f"{', '.join(unknown)} not measured" if unknown else "no metric given"
-            raise PriorswapError(f"--metrics {','.join(request.metrics)}: {what}; task '{task_name}' measures "
-                                 f"{', '.join(names)} (clip-image-target comes with clip-image)")
-        names = tuple(request.metrics)
+    names = _check_metrics(request, task_name, tuple(task_cls.metrics))
     items = load_items(request.data, task_cls, request.limit, entry)
     out, err = _console(False), _console(True)
     device = request.device or ("cuda" if torch.cuda.is_available() else "cpu")
     with err.status("preparing the metrics"):
         measurer = Measurer(names, items, request.clip, device, is_offline(request.offline or None),
-                            request.allow_pickle)
+                            request.allow_pickle, task_cls.image_background)
     for name, reason in measurer.skipped.items():
         err.print(f"[yellow]skipped {name}:[/] {reason}", highlight=False)
+    coverage = coverage_warnings(measurer, len(items))
+    for line in coverage:
+        err.print(f"[yellow]warning:[/] {line}", highlight=False)
     runs = variants(request)
     seeds = request.seeds or [0]
     total = len(runs) * len(request.guidance or [0]) * len(seeds) * len(items)
     grid = _Grid(items[:GRID_ITEMS])
     records: list[dict] = []
-    steps = 0
+    first: dict = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err, disable=not err.is_terminal and os.environ.get("CI") == "true") as progress:
         bar = progress.add_task("loading", total=total)
         for variant in runs:
-            done, steps = _sample_variant(request, variant, items, measurer, grid, progress, bar, plugins, device)
+            done, run_record = _sample_variant(request, variant, items, measurer, grid, progress, bar, plugins,
+                                               device)
             records += done
+            first = first or run_record
     results = {
-        "model": request.model, "task": task_name, "data": str(request.data), "items": len(items),
-        "item_ids": [i.id for i in items], "seeds": seeds, "samples_per_item": request.samples_per_item,
-        "steps": steps, "clip": (request.clip or M.DEFAULT_CLIP) if measurer.clip is not None else None,
-        "metrics": measurer.declared, "skipped": measurer.skipped, "records": records,
+        "model": request.model, "task": task_name, "data": str(Path(request.data).expanduser().resolve()),
+        "items": len(items), "item_ids": [i.id for i in items], "seeds": seeds,
+        "samples_per_item": request.samples_per_item, "steps": first["steps"], "scheduler": first["scheduler"],
+        "eta": first["eta"], "dtype": (first["model"] or {}).get("dtype"), "device": first["device"],
+        "priorswap": __version__, "torch": torch.__version__, "bootstrap_resamples": N_BOOT,
+        "bootstrap_resamples_set": N_BOOT_SET,
+        "clip": (request.clip or M.DEFAULT_CLIP) if measurer.clip is not None else None,
+        "metrics": measurer.declared, "skipped": measurer.skipped, "unmeasured_items": measurer.unmeasured,
+        "coverage": coverage, "records": records,
         "grid_columns": (["input"] * any(_shown_path(i) for i in grid.items)
                          + ["target"] * any(i.target for i in grid.items) + grid.columns),
         "grid_items": len(grid.items),
     }
     cells, n_columns = grid_cells(measurer, grid.items, grid.columns, grid.outputs)
+    picture, layout = labelled_grid(cells, n_columns, results["grid_columns"], [i.id for i in grid.items])
+    results["grid_layout"] = layout
     out.print(markdown(results), markup=False, highlight=False, soft_wrap=True)
     if request.out is not None:
-        write_outputs(request.out, results, cells, n_columns)
+        write_outputs(request.out, results, picture, grid_record(results, grid, layout, request.command))
         err.print(f"results → {request.out}/results.json, results.md, samples.png", highlight=False)
     return results

@@ -68,9 +68,11 @@ def _resolve(folder: Path, value: Any) -> Any:
     return value
 
 
-def _missing_files(value: Any) -> list[str]:
+def _missing_files(value: Any) -> dict[str, str]:
+    """The paths of `value` (one or a list) that name no file → what is there instead."""
     values = value if isinstance(value, list) else [value]
-    return [v for v in values if isinstance(v, str) and not Path(v).is_file()]
+    return {v: "is a folder, not a file" if Path(v).is_dir() else "does not exist"
+            for v in values if isinstance(v, str) and not Path(v).is_file()}
 
 
 def _is_image_field(name: str) -> bool:
@@ -78,14 +80,15 @@ def _is_image_field(name: str) -> bool:
     return name == "image" or name.endswith("_image")
 
 
-def _is_image(path: Path) -> bool:
-    from PIL import Image, UnidentifiedImageError
+def _image_problem(path: Path) -> str | None:
+    """Why `path` is not an image file PIL can open (its header only), or None when it is one."""
+    from .images import check_image_file
 
     try:
-        with Image.open(path):
-            return True
-    except (UnidentifiedImageError, OSError):
-        return False
+        check_image_file(path)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 class _Problems:
@@ -128,7 +131,7 @@ def _pydantic_problems(e: ValidationError, task: type[Task]) -> list[tuple[str |
 def _parse_line(text: str, number: int, folder: Path, task: type[Task], problems: _Problems,
                 entry: ModelEntry | None) -> Item | None:
     try:
-        raw = json.loads(text)
+        raw = json.loads(text.rstrip("\r\n"))  # without the newline, an error at the end has this line's column
     except json.JSONDecodeError as e:
         problems.add(number, f"not valid JSON ({e.msg} at column {e.colno})")
         return None
@@ -152,21 +155,21 @@ def _parse_line(text: str, number: int, folder: Path, task: type[Task], problems
             target = None
         else:
             target = Path(_resolve(folder, target))
-            if not target.is_file():
-                problems.add(number, f"file {target} does not exist (paths are relative to {folder})", "target")
-            elif not _is_image(target):
-                problems.add(number, f"{target} is not an image file PIL can read", "target")
+            for path, what in _missing_files(str(target)).items():
+                problems.add(number, f"{path} {what} (paths are relative to {folder})", "target")
+            if target.is_file() and (problem := _image_problem(target)):
+                problems.add(number, problem, "target")
     for name in path_fields(task.Inputs):
         if name in raw:
             raw[name] = _resolve(folder, raw[name])
             missing = _missing_files(raw[name])
-            for path in missing:
-                problems.add(number, f"file {path} does not exist (paths are relative to {folder})", name)
+            for path, what in missing.items():
+                problems.add(number, f"{path} {what} (paths are relative to {folder})", name)
             if _is_image_field(name):
                 values = raw[name] if isinstance(raw[name], list) else [raw[name]]
                 for path in values:
-                    if isinstance(path, str) and path not in missing and not _is_image(Path(path)):
-                        problems.add(number, f"{path} is not an image file PIL can read", name)
+                    if isinstance(path, str) and path not in missing and (problem := _image_problem(Path(path))):
+                        problems.add(number, problem, name)
     if len(problems.items) > before:
         return None
     try:
@@ -184,6 +187,17 @@ def _parse_line(text: str, number: int, folder: Path, task: type[Task], problems
     return Item(str(item_id), number, inputs, target, captions["caption_in"], captions["caption_out"])
 
 
+def _decode(data: bytes, number: int, problems: _Problems) -> str | None:
+    """A line of items.jsonl as text (UTF-8; a byte-order mark at the start of the file is skipped), or None
+    with the problem noted."""
+    try:
+        return data.decode("utf-8-sig" if number == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        problems.add(number, f"not UTF-8 (byte 0x{data[e.start]:02x} at byte {e.start + 1} of the line); save "
+                             f"{ITEMS_FILE} as UTF-8")
+        return None
+
+
 def load_items(folder: str | Path, task: type[Task], limit: int | None = None,
                entry: ModelEntry | None = None) -> list[Item]:
     """The items of `folder/items.jsonl`, each validated with the task's Inputs model and, given the model's
@@ -191,6 +205,10 @@ def load_items(folder: str | Path, task: type[Task], limit: int | None = None,
     read). Raises DatasetError naming every bad line and field."""
     folder = Path(folder).expanduser()
     file = folder / ITEMS_FILE
+    if folder.is_file():
+        hint = f"give its folder, --data {folder.parent}" if folder.name == ITEMS_FILE else \
+            f"give the folder that holds {ITEMS_FILE}"
+        raise DatasetError(f"--data {folder} is a file, not a dataset folder; {hint} (see {FORMAT_DOC})")
     if not folder.is_dir():
         raise DatasetError(f"dataset folder {folder} does not exist (it should hold {ITEMS_FILE}; see {FORMAT_DOC})")
     if not file.is_file():
@@ -201,14 +219,15 @@ def load_items(folder: str | Path, task: type[Task], limit: int | None = None,
     items: list[Item] = []
     seen: dict[str, int] = {}
     count = 0
-    with file.open(encoding="utf-8") as lines:
-        for number, text in enumerate(lines, start=1):
-            if not text.strip():
+    with file.open("rb") as lines:
+        for number, data in enumerate(lines, start=1):
+            if not data.strip():
                 continue
             if limit is not None and count >= limit:
                 break
             count += 1
-            item = _parse_line(text, number, folder, task, problems, entry)
+            text = _decode(data, number, problems)
+            item = _parse_line(text, number, folder, task, problems, entry) if text is not None else None
             if item is None:
                 continue
             if item.id in seen:

@@ -11,6 +11,7 @@ per-tensor tolerances: a number is an absolute tolerance, `{atol, rtol}` means
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,13 +84,73 @@ def read_fixture(folder: Path) -> dict:
     return fixture
 
 
+def _bound(value: Any, what: str) -> float:
+    """One tolerance value: a finite number ≥ 0 (not a bool, which JSON's `true` would make 1)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PriorswapError(f"{what} must be a number, got {json.dumps(value, default=repr)}")
+    if not math.isfinite(value) or value < 0:
+        raise PriorswapError(f"{what} must be a finite number ≥ 0, got {value!r}")
+    return float(value)
+
+
 def tolerance(spec: Any) -> tuple[float, float]:
-    """(atol, rtol) from a fixture's compare entry: a number, or {atol, rtol}."""
-    if isinstance(spec, int | float):
-        return float(spec), 0.0
+    """(atol, rtol) from a fixture's compare entry: a number (atol), or {atol, rtol}; each a finite number ≥ 0."""
     if isinstance(spec, dict) and set(spec) <= {"atol", "rtol"}:
-        return float(spec.get("atol", 0.0)), float(spec.get("rtol", 0.0))
-    raise PriorswapError(f"a tolerance is a number or {{atol, rtol}}, got {spec!r}")
+        return _bound(spec.get("atol", 0.0), "'atol'"), _bound(spec.get("rtol", 0.0), "'rtol'")
+    if isinstance(spec, int | float) and not isinstance(spec, bool):
+        return _bound(spec, "a tolerance"), 0.0
+    raise PriorswapError(f"a tolerance is a number or {{atol, rtol}}, got {json.dumps(spec, default=repr)}")
+
+
+def find_all(folders: list[Path]) -> list[Path]:
+    """The fixtures of every folder (`find_fixtures`), each once: a fixture reached twice (given twice, or
+    given and found below another folder given) is checked and counted once, in first-seen order."""
+    seen: set[Path] = set()
+    found = []
+    for folder in folders:
+        for fixture in find_fixtures(folder):
+            key = fixture.resolve()
+            if key not in seen:
+                seen.add(key)
+                found.append(fixture)
+    return found
+
+
+SHOWN = 12  # names listed in Required's message
+
+
+class Required(dict):
+    """A fixture's inputs (the tensors of io.safetensors, the fields of its `call`) for a checker: a missing
+    key raises a PriorswapError naming it, the fixture file and what is there, instead of a bare KeyError.
+    `.get` keeps its default, for inputs that are optional on purpose."""
+
+    def __init__(self, items: dict, where: str, what: str) -> None:
+        super().__init__(items)
+        self.where, self.what = where, what
+
+    def __missing__(self, key: str) -> Any:
+        names = sorted(map(str, self))
+        held = ", ".join(names[:SHOWN]) + (f", … ({len(names)} in all)" if len(names) > SHOWN else "")
+        raise PriorswapError(f"{self.where} lacks the {self.what} '{key}' (it has: {held or 'none'})")
+
+
+
+def read_inputs(folder: Path) -> Required:
+    """The tensors of `folder`/io.safetensors, each required by name (`Required`)."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / REFERENCE_FILE
+    return Required(load_file(path), str(path), "input tensor")
+
+
+def call_of(folder: Path, fixture: dict) -> Required:
+    """The fixture's `call` object (the sampling arguments), each field required by name (`Required`)."""
+    where = str(Path(folder) / FIXTURE_FILE)
+    call = Required(fixture, where, "field")["call"]
+    if not isinstance(call, dict):
+        raise PriorswapError(f"{where}: 'call' must be an object of sampling arguments, "
+                             f"got {json.dumps(call, default=repr)}")
+    return Required(call, f"{where}'s 'call'", "field")
 
 
 def compare(name: str, produced: Any, reference: Any, atol: float, rtol: float) -> Comparison:
@@ -148,8 +209,11 @@ def check_fixture(folder: Path, plugins: Any = None) -> FixtureResult:
     except Exception as e:
         return FixtureResult(folder, family, [], f"{folder / REFERENCE_FILE} does not load "
                              f"({type(e).__name__}: {e})")
+    _quiet_loading_bars()
     try:
         result = resolve_ref(checkers[family])(folder, fixture)
+    except PriorswapError as e:  # a message written for the user: as it is
+        return FixtureResult(folder, family, [], str(e))
     except Exception as e:  # report the failure of this fixture, go on with the others
         return FixtureResult(folder, family, [], f"{type(e).__name__}: {e}")
     produced = result if isinstance(result, Produced) else Produced(dict(result))
@@ -163,3 +227,11 @@ def check_fixture(folder: Path, plugins: Any = None) -> FixtureResult:
             comparisons.append(compare(name, produced.tensors[name], reference[name], atol, rtol))
     comparisons += [Comparison(name, ok, detail=detail) for name, ok, detail in produced.checks]
     return FixtureResult(folder, family, comparisons)
+
+
+def _quiet_loading_bars() -> None:
+    """Checkers load components through transformers, whose "Loading weights" bars would print into the
+    table of results; silence them (priorswap.cli.quiet_transformers)."""
+    from .cli import quiet_transformers
+
+    quiet_transformers()

@@ -35,6 +35,16 @@ def is_offline(offline: bool | None) -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
+def retry_hint(local_only: bool) -> str:
+    """How to get past a cache miss besides downloading: turn off what made this run offline (HF_HUB_OFFLINE,
+    or --offline / offline=True), or, online, reach the hub."""
+    if not local_only:
+        return "or check that this machine can reach the hub (network, proxy, HF_ENDPOINT)"
+    if is_offline(None):
+        return "or unset HF_HUB_OFFLINE"
+    return "or run without --offline (offline=False in Python)"
+
+
 def download_command(source: Source, folders: list[str] | None = None) -> str:
     """The `hf download` command that puts `folders` of a hub source (all of it without `folders`) into the
     cache. `hf download` takes one glob per `--include`, so the option repeats; the globs are quoted, so that
@@ -195,8 +205,7 @@ def _hub_errors(source: Source, local_only: bool, command: str) -> Iterator[None
         how = "offline mode is on" if local_only else "the hub could not be reached"
         raise WeightsUnavailable(
             f"weights for {source.repo}@{source.revision} are not in the Hugging Face cache and {how}. "
-            f"On a machine with internet run: {command}"
-            " (then copy the cache, see HF_HOME), or unset HF_HUB_OFFLINE."
+            f"On a machine with internet run: {command} (then copy the cache, see HF_HOME), {retry_hint(local_only)}."
         ) from e
     except GatedRepoError as e:
         raise WeightsUnavailable(
@@ -376,7 +385,7 @@ def folders_on_demand(request: Any, folders: list[str], purpose: str) -> Path:
         raise WeightsUnavailable(
             f"the cached snapshot of {source.repo}@{source.revision} lacks {', '.join(f + '/' for f in missing)}, "
             f"needed for {purpose}, and offline mode is on. On a machine with internet run: "
-            f"{download_command(source, missing)} (then copy the cache, see HF_HOME), or unset HF_HUB_OFFLINE."
+            f"{download_command(source, missing)} (then copy the cache, see HF_HOME), {retry_hint(True)}."
         )
     if missing:
         raise WeightsUnavailable(f"{folder} has no {' or '.join(missing)} folder, needed for {purpose}")

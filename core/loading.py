@@ -14,7 +14,7 @@ from .configs import read_json
 from .denoiser import Denoiser
 from .errors import PluginError, PriorswapError, RegistryError, RegistryMismatchWarning, WeightsUnavailable
 from .family import Family, LoadRequest, resolve_ref
-from .hub import download_command, fetch, is_offline
+from .hub import download_command, fetch, is_offline, retry_hint
 from .latents import LatentSpace
 from .plugin_manager import Plugins
 from .registry import ModelEntry, Registry, ScheduleSpec, Source
@@ -228,7 +228,7 @@ def folder_problem(
     if missing and source.repo is not None and source.file is None and is_offline(offline):
         return (f"the cached snapshot of {source.repo}@{source.revision} lacks {', '.join(f + '/' for f in missing)}, "
                 f"which {resolved.what()} needs, and offline mode is on. On a machine with internet run: "
-                f"{download_command(source, missing)} (then copy the cache, see HF_HOME), or unset HF_HUB_OFFLINE")
+                f"{download_command(source, missing)} (then copy the cache, see HF_HOME), {retry_hint(True)}")
     index = folder / "model_index.json"
     try:
         class_name = read_json(index).get("_class_name") if index.is_file() else None

@@ -6,7 +6,7 @@ import contextlib
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -54,6 +54,76 @@ def all_or_nothing(folders: tuple[Path | None, ...] = ()) -> Iterator[list[Path]
             where = f" {e.filename}" if e.filename else ""
             raise PriorswapError(f"could not write{where}: {e.strerror or e}; the outputs of this run were "
                                  "removed") from e
+        raise
+
+
+def _stage(path: Path, write: Callable[[str], None]) -> str:
+    """Writes `path`'s content to a new temporary file beside it (usual permissions); returns its name."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+    except BaseException as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename in (tmp, None):  # name the destination, not the temporary file
+            raise type(e)(e.errno, e.strerror, str(path)) from e
+        raise
+    return tmp
+
+
+def write_together(files: list[tuple[Path, Callable[[str], None]]]) -> None:
+    """Writes several files all or nothing: each `write(tmp)` fills a temporary file beside its destination;
+    only once all are written are they renamed into place. If a write or a rename fails, the temporary files
+    are removed and the files that were already there are put back, so a failed run never destroys a
+    previous run's outputs; the failure (OSError) becomes a PriorswapError naming the file. Folders that
+    did not exist are created, and removed again if the writing fails and they are left empty."""
+    new_folders = []
+    for path, _ in files:
+        for folder in reversed(Path(path).parents):
+            if not folder.exists() and folder not in new_folders:
+                new_folders.append(folder)
+    staged: list[tuple[Path, str]] = []
+    moved: list[tuple[Path, str | None]] = []  # (destination, its previous file's backup or None)
+    try:
+        for path, write in files:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            staged.append((Path(path), _stage(Path(path), write)))
+        for path, tmp in staged:
+            backup = None
+            if path.is_file() or path.is_symlink():
+                fd, backup = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".previous", dir=path.parent)
+                os.close(fd)
+                os.replace(path, backup)
+            moved.append((path, backup))
+            try:
+                os.replace(tmp, path)
+            except OSError as e:
+                raise type(e)(e.errno, e.strerror, str(path)) from e
+        for _, backup in moved:
+            if backup is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(backup)
+    except BaseException as e:
+        for path, backup in reversed(moved):  # put the previous files back
+            with contextlib.suppress(OSError):
+                if backup is not None:
+                    os.replace(backup, path)
+                elif path.is_file():
+                    os.unlink(path)
+        for _, tmp in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        for folder in reversed(new_folders):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
+        if isinstance(e, OSError):
+            where = f" {e.filename}" if e.filename else ""
+            raise PriorswapError(f"could not write{where}: {e.strerror or e}; none of this run's files were "
+                                 "written, and the files that were there are kept") from e
         raise
 
 

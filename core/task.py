@@ -66,12 +66,14 @@ class Task(ABC):
     `levels` are the guidance levels the task provides: ("full", "null") for one condition,
     ("full", "partial", "null") for two (dual guidance). `metrics` are the image metrics
     `priorswap eval --data` computes for it (names from `priorswap.image_metrics.METRICS`).
+    `image_background` is the gray level `eval --data` composites transparent pixels of its images onto.
     """
 
     name: ClassVar[str]
     Inputs: ClassVar[type[TaskInputs]]
     levels: ClassVar[tuple[Level, ...]] = ("full", "null")
     metrics: ClassVar[tuple[str, ...]] = ()
+    image_background: ClassVar[int] = 255  # white, as Zero-1-to-3's preprocessing (priorswap.images.WHITE)
 
     def __init__(self, model: Denoiser, folder: object = None) -> None:
         self.model = model

@@ -115,3 +115,94 @@ def test_a_broken_fixture_fails_alone_and_is_named(tmp_path, with_plugin, capsys
     assert "no_reference has no io.safetensors" in out
     assert "compare['a']: a tolerance is a number" in out
     assert "bad_json" in out and "is not valid JSON" in out
+
+
+@pytest.mark.parametrize(
+    ("spec", "named"),
+    [
+        ({"atol": "abc"}, "'atol' must be a number, got \"abc\""),
+        ({"atol": None}, "'atol' must be a number, got null"),
+        ({"atol": 1e-4, "rtol": -1e-3}, "'rtol' must be a finite number ≥ 0, got -0.001"),
+        ({"rtol": True}, "'rtol' must be a number, got true"),
+        (True, "a tolerance is a number or {atol, rtol}, got true"),
+        (None, "a tolerance is a number or {atol, rtol}, got null"),
+        (-1, "a tolerance must be a finite number ≥ 0, got -1"),
+        (float("inf"), "a tolerance must be a finite number ≥ 0, got inf"),
+    ],
+)
+def test_a_malformed_tolerance_value_fails_its_fixture_alone(tmp_path, with_plugin, capsys, spec, named):
+    """A bad value inside {atol, rtol}, a bool (JSON true is not 1.0) or a negative tolerance: that fixture fails
+    with a line naming the tensor and the key; the good fixture beside it is still checked."""
+    with pytest.raises(Exception, match="tolerance|atol|rtol"):
+        tolerance(spec)
+    make_fixture(tmp_path / "root" / "a_bad", compare={"a": 1e-4, "b": spec})
+    make_fixture(tmp_path / "root" / "z_good")
+    with_plugin(FakeFamily())
+    code, out, err = run_cli(capsys, "check-golden", str(tmp_path / "root"))
+    out = " ".join(out.split())
+    assert code == 1 and not err and "1 passed, 1 failed" in out, out
+    assert "FAIL" in out and "a_bad" in out and f"fixture.json: compare['b']: {named}" in out, out
+
+
+def test_a_fixture_reached_twice_is_checked_once(tmp_path):
+    from priorswap.golden import find_all
+
+    one = make_fixture(tmp_path / "root" / "one")
+    two = make_fixture(tmp_path / "root" / "two")
+    found = find_all([one, tmp_path / "root", tmp_path / "root" / "one" / ".." / "one"])
+    assert found == [one, two]
+
+
+def test_missing_inputs_are_named(tmp_path, with_plugin):
+    """A checker reading its inputs through read_inputs / call_of: a missing tensor or call field fails the
+    fixture with a message naming it and the file (not a bare KeyError, not 'PriorswapError: ...')."""
+    from priorswap.golden import call_of, read_inputs
+
+    class Reads(FakeFamily):
+        def __init__(self, tensor=None, field=None):
+            super().__init__()
+            self.tensor, self.field = tensor, field
+
+        def check(self, folder, fixture):
+            io, call = read_inputs(folder), call_of(folder, fixture)
+            assert io.get("absent") is None  # optional inputs keep .get
+            return {"a": io[self.tensor or "a"], "b": io["b"] * call[self.field or "scale"]}
+
+    folder = make_fixture(tmp_path / "fx")
+    fixture = json.loads((folder / "fixture.json").read_text())
+    (folder / "fixture.json").write_text(json.dumps({**fixture, "call": {"scale": 1.0}}))
+    assert check_fixture(folder, with_plugin(Reads())).ok
+    result = check_fixture(folder, with_plugin(Reads(tensor="unet_input")))
+    assert result.error == f"{folder / 'io.safetensors'} lacks the input tensor 'unet_input' (it has: a, b)"
+    result = check_fixture(folder, with_plugin(Reads(field="steps")))
+    assert result.error == f"{folder / 'fixture.json'}'s 'call' lacks the field 'steps' (it has: scale)"
+    (folder / "fixture.json").write_text(json.dumps(fixture))
+    result = check_fixture(folder, with_plugin(Reads()))
+    assert result.error == f"{folder / 'fixture.json'} lacks the field 'call' (it has: compare, family, kind)"
+
+
+def test_transformers_loading_bars_are_silenced(tmp_path, with_plugin, capsys):
+    """A checker that loads a transformers model would print its "Loading weights" bar into the table."""
+    from transformers.utils import logging
+
+    class Loads(FakeFamily):
+        def check(self, folder, fixture):
+            for _ in logging.tqdm(range(3), desc="Loading weights"):  # what from_pretrained shows
+                pass
+            return super().check(folder, fixture)
+
+    make_fixture(tmp_path / "fx")
+    with_plugin(Loads())
+    previous = logging.set_tqdm_hook(None)  # as in a fresh process (another test may have silenced them)
+    try:
+        code, out, err = run_cli(capsys, "check-golden", str(tmp_path / "fx"))
+    finally:
+        logging.set_tqdm_hook(previous)
+    assert code == 0 and "Loading weights" not in out + err, err
+
+
+def test_cli_counts_a_fixture_once(tmp_path, with_plugin, capsys):
+    one = make_fixture(tmp_path / "root" / "one")
+    with_plugin(FakeFamily())
+    code, out, _ = run_cli(capsys, "check-golden", str(tmp_path / "root"), str(one), str(one) + "/")
+    assert code == 0 and "1 passed, 0 failed" in out

@@ -1,5 +1,6 @@
 """The command line: lazy imports, sampling outputs, and clear errors with exit code 2."""
 
+import os
 import subprocess
 import sys
 from typing import Annotated
@@ -24,6 +25,15 @@ def test_light_commands_do_not_import_torch(args):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_eval_help_fits_80_columns_without_cutting_anything():
+    """At 80 columns no option name and no help text of `eval --help` is cut off with an ellipsis."""
+    proc = subprocess.run([sys.executable, "-m", "priorswap.cli", "eval", "--help"], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "COLUMNS": "80", "TERM": "dumb"})
+    assert proc.returncode == 0, proc.stderr
+    assert "…" not in proc.stdout and "--samples-per-item" in proc.stdout, proc.stdout
+    assert "openai/clip-vit-large-patch14" in proc.stdout and "--allow-pickle" in proc.stdout
 
 
 def test_sample_writes_png_and_latents(tmp_path, capsys, dit_folder, dit_prior_folder):
@@ -419,7 +429,8 @@ def test_tasks_prints_readable_types(capsys):
     assert rows["--end-image"] == "[PATH]" and rows["--image"] in ("PATH", "PATH...")
     assert rows["--source-index"] == "INTEGER... (0 ≤ x < 360)"
     assert rows["--class-label"].startswith("INTEGER... (0 ≤ x")
-    assert rows["--prompt"] == "TEXT..." and rows["--frames"] == "[INTEGER] (0 < x)" and rows["--azimuth"] == "FLOAT"
+    assert rows["--prompt"] == "TEXT..." and rows["--frames"] == "[INTEGER] (0 < x ≤ 64)"
+    assert rows["--azimuth"] == "FLOAT"
     assert rows["--count"] == "INTEGER (1 ≤ x ≤ 64)"  # bounds of a field's own Field(ge=, le=)
     assert not any(word in out for word in ("Optional", "Annotated", "pathlib", "typing", "list["))
 

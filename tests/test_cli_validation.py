@@ -229,11 +229,12 @@ def test_the_samples_grid_shows_the_first_image_of_a_list_input(tmp_path, capsys
     results = json.loads((out / "results.json").read_text())
     assert results["grid_columns"] == ["input", "target", "cfg γ=1.5"]
     grid = np.asarray(Image.open(out / "samples.png").convert("L"), dtype=np.int16)
-    assert grid.shape == (2 + 2 * 18, 2 + 3 * 18)  # 2 items × (input, target, one variant), 16×16 cells, 2 px apart
+    top, left, scale = (results["grid_layout"][k] for k in ("top", "left", "scale"))  # below labels, scaled up
+    assert scale == 4 and grid.shape == (top + 2 + 2 * 66, left + 2 + 3 * 66)  # 2 items × 3 columns, 2 px apart
     for row in range(2):
         source = np.asarray(Image.open(data / f"src{row}.png"), dtype=np.int16)
-        top = 2 + row * 18
-        assert np.abs(grid[top : top + 16, 2:18] - source).max() <= 1
+        y = top + 2 + row * 66
+        assert np.abs(grid[y : y + 64 : 4, left + 2 : left + 66 : 4] - source).max() <= 1
 
 
 # ---- help and docs -----------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import priorswap
 from priorswap import image_metrics as M
 from priorswap.datasets import DatasetError, load_items
 from priorswap.images import load_image
+from priorswap.provenance import read_record
 
 
 def write_png(path: Path, seed: int, size: tuple[int, int] = (16, 16)) -> Path:
@@ -290,9 +291,13 @@ def test_zero123_dataset_eval(tmp_path, capsys, zero123_folder, zero123_data, sd
     recorded = [s["value"] for s in results["records"][0]["metrics"]["psnr"]["per_sample"]
                 if s["item"] == "obj2-90" and s["seed"] == 1]
     assert np.allclose(recorded, expected, atol=1e-4)
-    # grid: 2 items × (input, target, cfg, swap) cells of 16 px with 2 px padding
+    # grid: 2 items × (input, target, cfg, swap) cells of 16 px, scaled up 4× to 64 px, 2 px apart, below the
+    # column labels and right of the item ids
+    layout = results["grid_layout"]
+    assert layout["cell"] == [64, 64] and layout["scale"] == 4 and layout["top"] > 10 and layout["left"] > 10
     with Image.open(out / "samples.png") as grid:
-        assert grid.size == (4 * 18 + 2, 2 * 18 + 2)
+        assert grid.size == (layout["left"] + 4 * 66 + 2, layout["top"] + 2 * 66 + 2)
+        assert read_record(out / "samples.png")["eval"]["rows"] == ["obj-30", "obj2-90"]
     page = (out / "results.md").read_text()
     assert "| cfg | 2 |" in page and "psnr ↑" in page
     assert "psnr" in stdout
@@ -414,7 +419,9 @@ def test_bad_dataset_exits_2_before_loading_and_writes_nothing(tmp_path, capsys,
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--limit", "3"], "--limit only apply with --data"),
+        (["--limit", "3"], "--limit only applies with --data DIR"),
+        (["--limit", "3", "--clip", "x"], "--limit, --clip only apply with --data DIR"),
+        (["--data", "DATA", "--metrics", "psnr,ssim,psnr"], "--metrics repeats psnr: give each value once"),
         (["--data", "DATA", "--samples", "5"], "--samples is for built-in evaluators"),
         (["--data", "DATA", "--samples-per-item", "0"], "--samples-per-item must be at least 1"),
         (["--data", "DATA", "--guidance", "2,x"], "--guidance takes comma-separated numbers"),

@@ -514,10 +514,63 @@ def test_video_command(folders, tmp_path, capsys):
         capsys, "video", "--model", str(folders["dc512"]), "--image", str(folders["image"]), "--prompt", "a cat",
         "--steps", "2", "--autocast", "bf16", "--posterior-seed", "3", "--out", str(tmp_path / "m.mp4"))
     assert code == 0, stderr
-    assert "dual-cfg γ=7.5" in stderr and (tmp_path / "m.gif").is_file()
+    assert "dual-cfg γT=7.5 γI=1.5" in stderr and (tmp_path / "m.gif").is_file()
     code, _, stderr = run_cli(capsys, "video", "--model", str(folders["dc512"]), "--image", str(folders["image"]),
                               "--prompt", "a cat", "--dtype", "fp8", "--out", str(tmp_path / "x.mp4"))
     assert code == 2 and "--dtype takes fp32, fp16 or bf16" in stderr and not (tmp_path / "x.mp4").exists()
+
+
+def test_video_writes_what_it_reports_all_or_nothing(folders, tmp_path, capsys, monkeypatch):
+    """`--out x.MP4` writes x.MP4 (not x.mp4) and says so; dual guidance shows γT and γI; a failed write leaves
+    none of the three files and keeps the previous run's files."""
+    import errno
+
+    from clihelp import run_cli
+
+    from priorswap.plugins.dynamicrafter import video
+
+    args = ("video", "--model", str(folders["dc512"]), "--image", str(folders["image"]), "--prompt", "a cat",
+            "--steps", "1")
+    code, stdout, stderr = run_cli(capsys, *args, "--out", str(tmp_path / "x.MP4"))
+    assert code == 0, stderr
+    assert "guidance: dual-cfg γT=7.5 γI=1.5, rescale φ=0.7, 1 steps" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.MP4", "x.gif", "x.png"]
+    assert stdout.split() == ["dual-cfg:", f"{tmp_path / 'x.MP4'},", f"{tmp_path / 'x.gif'},", str(tmp_path / "x.png")]
+    assert read_video(tmp_path / "x.MP4").shape[0] == FRAMES
+
+    def full_disk(frames, fps=8, record=None):
+        def write(tmp):
+            raise OSError(errno.ENOSPC, "No space left on device", tmp)
+
+        return write
+
+    monkeypatch.setattr(video, "gif_writer", full_disk)
+    code, _, stderr = run_cli(capsys, *args, "--out", str(tmp_path / "new" / "y.mp4"))
+    stderr = " ".join(stderr.split())
+    assert code == 2 and "could not write" in stderr and "y.gif: No space left on device" in stderr, stderr
+    assert not (tmp_path / "new").exists()  # nothing written, the folder made for it removed
+    first = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    code, _, stderr = run_cli(capsys, *args, "--seed", "1", "--out", str(tmp_path / "x.MP4"))
+    assert code == 2 and "No space left" in stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == first  # the first run's files, untouched
+
+
+def test_golden_inputs_missing_from_io_are_named():
+    """check-golden: a fixture whose io.safetensors lacks `fs` fails naming it (it used to run with the default
+    fs and report bare deviations); likewise the UNet input and the Resampler's CLIP tokens."""
+    from priorswap.golden import Required
+    from priorswap.plugins.dynamicrafter.golden import run_fixture
+
+    unet, proj = UNet3D(**UNET).eval(), Resampler(**PROJ).eval()
+    full = {"unet_input": torch.randn(1, 8, FRAMES, 8, 8), "timesteps": torch.tensor([500]),
+            "context": torch.randn(1, 77, CTX), "fs": torch.tensor([24]), "clip_image_embeds": torch.randn(1, 5, 24)}
+    produced, _ = run_fixture(unet, proj, Required(full, "fx/io.safetensors", "input tensor"),
+                              {"output", "output_default_fs", "image_tokens"})
+    assert set(produced) == {"output", "output_default_fs", "image_tokens"}
+    for name, wanted in (("fs", "output"), ("unet_input", "output"), ("clip_image_embeds", "image_tokens")):
+        io = Required({k: v for k, v in full.items() if k != name}, "fx/io.safetensors", "input tensor")
+        with pytest.raises(PriorswapError, match=f"fx/io.safetensors lacks the input tensor '{name}'"):
+            run_fixture(unet, proj, io, {wanted})
 
 
 def test_plugin_registration_imports_no_torch():

@@ -45,6 +45,7 @@ def test_eval_cli_writes_json_markdown_and_plot(tmp_path, capsys):
         "image_guidance": None, "samples": 10, "samples_per_seed": 10, "seeds": [0], "steps": 4,
         "scheduler": "ddim", "eta": 0.0}
     assert results["bootstrap_resamples"] > 0 and results["torch"] == torch.__version__
+    assert results["dtype"] == "float32" and results["device"] == "cpu"
     keys = {"model", "prior", "method", "guidance", "metric", "value", "ci_low", "ci_high"}
     assert records and all(set(r) == keys for r in records)
     assert {r["metric"] for r in records} == {"fd", "psnr", "ssim", "accuracy"}
@@ -53,6 +54,27 @@ def test_eval_cli_writes_json_markdown_and_plot(tmp_path, capsys):
     }
     assert all(r["ci_low"] <= r["value"] <= r["ci_high"] or np.isinf(r["value"]) for r in records)
     assert (tmp_path / "results.png").stat().st_size > 1000 and "| method |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dtype", "bf16"], "--dtype bf16: the toy plugin's built-in evaluator"),
+        (["--dtype", "fp16", "--registry", "extra.yaml"], "--dtype fp16, --registry extra.yaml: the toy plugin's"),
+        (["--device", "meta"], "--device meta: the toy plugin's built-in evaluator (eval without --data) samples the "
+                               "shipped toy models in float32 on the CPU"),
+    ],
+)
+def test_the_builtin_evaluator_refuses_loading_options_it_cannot_honour(tmp_path, capsys, monkeypatch, args,
+                                                                        message):
+    from priorswap.plugins.toy import evaluate as toy_evaluate
+
+    monkeypatch.setattr(toy_evaluate, "evaluate", lambda *a, **k: pytest.fail("sampled despite the option"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "extra.yaml").write_text("models: {}\n")
+    code, _, err = run_cli(capsys, "eval", "--model", "toy-digits-view", "--steps", "2", "--samples", "3", *args)
+    assert code == 2 and message in " ".join(err.split()), err
+    assert "--data DIR" in err
 
 
 def test_run_settings_of_a_dual_task_and_uneven_sample_counts():

@@ -208,6 +208,20 @@ def test_shipped_models_load_through_the_registry_and_sample_deterministically(p
     assert torch.isfinite(cfg.latents).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("model", ["toy-digits-view", "toy-digits-class", "toy-digits-edit"])
+def test_half_precision_samples_match_float32(plugins, model, dtype):
+    """`--dtype fp16/bf16` runs every toy model, the view model's angle embedding included (diffusers feeds its
+    sinusoidal features in float32), and stays close to the float32 samples."""
+    inputs = {"toy-digits-view": {"source_index": [0, 1], "angle": 10.0}, "toy-digits-class": {"class_label": [3]},
+              "toy-digits-edit": {"source_index": [2], "instruction": "shift"}}[model]
+    prior = "toy-digits-base" if model == "toy-digits-view" else None
+    full = priorswap.load_pair(model, prior=prior, plugins=plugins).sample(inputs, steps=4, seed=0)
+    half = priorswap.load_pair(model, prior=prior, plugins=plugins, dtype=dtype).sample(inputs, steps=4, seed=0)
+    assert half.record["model"]["dtype"] == str(dtype).removeprefix("torch.")
+    assert (half.images.float() - full.images).abs().mean() < 0.05
+
+
 @needs_weights
 def test_null_conditions_are_the_trained_ones(plugins):
     pair = priorswap.load_pair("toy-digits-edit", prior="toy-digits-base", plugins=plugins)

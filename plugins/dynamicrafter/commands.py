@@ -1,28 +1,85 @@
-"""`priorswap video`: sample a DynamiCrafter / VideoCrafter2 model and write MP4, GIF and a frame-strip PNG."""
+"""`priorswap video`: sample a DynamiCrafter / VideoCrafter2 model and write MP4, GIF and a frame-strip PNG.
+
+Every option is checked before any weights load, with the checks `priorswap sample` uses (priorswap.cli,
+priorswap.checks), and the three files are written all or nothing."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from priorswap.errors import PriorswapError
 
 VIDEO_TASKS = ("image-to-video", "text-to-video")
+MAX_VIDEO_FPS = 100  # a GIF times its frames in hundredths of a second
 
 
-def video_task(model: str, allow_pickle: bool = False) -> str:
-    """The task of `model` (registry id, folder or checkpoint file), read before any weights load; a
-    PriorswapError when it is not a video model."""
-    from priorswap.loading import task_for
+def video_task(model: str, allow_pickle: bool = False) -> tuple[type, Any]:
+    """The task class and registry entry of `model` (registry id, folder or checkpoint file), read before any
+    weights load; a PriorswapError when it is not a video model."""
+    from priorswap.loading import task_and_entry
     from priorswap.plugin_manager import get_plugins
 
-    task, _ = task_for(model, [], get_plugins(), allow_pickle=allow_pickle)
+    task, task_cls, entry = task_and_entry(model, [], get_plugins(), allow_pickle=allow_pickle)
     if task not in VIDEO_TASKS:
         raise PriorswapError(f"'{model}' is not a video model (its task is {task}): `priorswap video` takes "
                              "DynamiCrafter / VideoCrafter models; use `priorswap sample` for image models")
-    return task
+    return task_cls, entry
+
+
+def output_files(out: Path) -> tuple[Path, Path, Path]:
+    """The MP4 (`out` as given, its suffix's case kept), the GIF and the frame-strip PNG beside it, each checked
+    writable before anything loads."""
+    from priorswap import checks
+
+    if out.suffix.lower() != ".mp4":
+        raise PriorswapError(f"--out must be an .mp4 file, got {out}")
+    checks.writable_file(out, "--out")  # its folder is the folder of the other two
+    gif, png = out.with_suffix(".gif"), out.with_suffix(".png")
+    for path, what in ((gif, "the GIF"), (png, "the frame-strip PNG")):
+        if path.is_dir():
+            raise PriorswapError(f"--out {out}: {path}, where {what} beside it goes, is a folder; move it or choose "
+                                 "another --out")
+    return out, gif, png
+
+
+def check_numbers(video_fps: int, seed: int, posterior_seed: int | None) -> None:
+    """The options of `video` that `sample` does not have, and the seeds, in the options' words."""
+    from priorswap import checks
+
+    if not 1 <= video_fps <= MAX_VIDEO_FPS:
+        raise PriorswapError(f"--video-fps must be from 1 to {MAX_VIDEO_FPS} (frames per second of the files; a GIF "
+                             f"times its frames in 1/100 s), got {video_fps}")
+    checks.seed(seed, "--seed")
+    if posterior_seed is not None:
+        checks.seed(posterior_seed, "--posterior-seed")
+
+
+def task_inputs(task_cls: type, entry: Any, model: str, values: dict[str, Any]) -> Any:
+    """The task inputs validated as `sample` validates its options (CLI words: `--frames`, `--fs`, ...), their
+    image files checked, and the task's `check_inputs` run against the model's entry (e.g. --end-image)."""
+    from priorswap.cli import _check_input_files, _task_inputs
+    from priorswap.images import check_image_file
+
+    if task_cls.name == "image-to-video" and values.get("image") is None:
+        raise PriorswapError(f"'{model}' is an image-to-video model: it needs --image (the first frame)")
+    if task_cls.name == "text-to-video" and any(values.get(k) is not None for k in ("image", "end_image",
+                                                                                     "posterior_seed")):
+        raise PriorswapError(f"'{model}' is a text-to-video model: it takes no --image / --end-image / "
+                             "--posterior-seed")
+    for option, key in (("--image", "image"), ("--end-image", "end_image")):
+        if values.get(key) is not None:
+            try:
+                check_image_file(values[key])  # before minutes of loading weights
+            except ValueError as e:
+                raise PriorswapError(f"{option}: {e}") from None
+    raw = {key: [str(value)] for key, value in values.items() if value is not None}
+    inputs = _task_inputs(task_cls, raw)
+    _check_input_files(inputs)
+    task_cls.check_inputs(inputs, entry)
+    return inputs
 
 
 def register(cli: typer.Typer) -> None:
@@ -42,12 +99,13 @@ def register(cli: typer.Typer) -> None:
         guidance: Annotated[float | None, typer.Option(help="Text guidance scale γT.")] = None,
         image_guidance: Annotated[float | None, typer.Option(help="Image guidance scale γI (dual).")] = None,
         rescale: Annotated[float | None, typer.Option(help="Guidance rescale φ (default: the model's).")] = None,
-        frames: Annotated[int | None, typer.Option(help="Number of frames (default: the model's).")] = None,
-        fs: Annotated[int | None, typer.Option(help="Frame stride / frame rate condition.")] = None,
-        steps: Annotated[int, typer.Option(help="DDIM steps.")] = 50,
-        eta: Annotated[float, typer.Option(help="DDIM η (the official samplers use 1).")] = 1.0,
+        frames: Annotated[int | None, typer.Option(help="Number of frames, 1 to 64 (default: the model's).")] = None,
+        fs: Annotated[int | None, typer.Option(help="Frame stride / frame rate condition, 1 to 1000.")] = None,
+        steps: Annotated[int, typer.Option(help="DDIM steps (1 to the model's training timesteps).")] = 50,
+        eta: Annotated[float, typer.Option(help="DDIM η, 0 to 1 (the official samplers use 1).")] = 1.0,
         seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-        video_fps: Annotated[int, typer.Option(help="Playback frame rate of the files.")] = 8,
+        video_fps: Annotated[int, typer.Option(help="Playback frame rate of the files, 1 to 100.")] = 8,
+        offline: Annotated[bool, typer.Option(help="Never contact the hub; use cached weights only.")] = False,
         allow_pickle: Annotated[bool, typer.Option(help="Allow pickled weights.")] = False,
         device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... (default: cuda if available).")] = None,
         dtype: Annotated[str, typer.Option(help="Weights dtype of model and prior: fp32, fp16, bf16.")] = "fp32",
@@ -61,58 +119,52 @@ def register(cli: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Image-to-video (DynamiCrafter, dual guidance) or text-to-video (VideoCrafter2) to MP4 + GIF + PNG."""
-        if out.suffix.lower() != ".mp4":
-            raise PriorswapError(f"--out must be an .mp4 file, got {out}")
         from priorswap import checks
-
-        checks.writable_file(out, "--out")  # the .gif and .png go beside it
-        device = checks.device(device)
+        from priorswap.cli import (
+            _autocast,
+            _check_options_for_model,
+            _check_options_for_weights,
+            _check_sampling_options,
+            _rule_text,
+            quiet_transformers,
+        )
         from priorswap.dtypes import parse_dtype
 
+        # everything a typo can break, before minutes of loading weights
+        mp4, gif, png = output_files(out)
+        check_numbers(video_fps, seed, posterior_seed)
+        _check_sampling_options(method, guidance, image_guidance, rescale, steps, eta, "continuous", None)
+        mixed = _autocast(autocast)
         weights = parse_dtype(dtype, "--dtype")
-        mixed = parse_dtype(autocast, "--autocast") if autocast is not None else None
-        task = video_task(model, allow_pickle)
-        if task == "image-to-video" and image is None:
-            raise PriorswapError(f"'{model}' is an image-to-video model: it needs --image (the first frame)")
-        if task == "text-to-video" and (image is not None or end_image is not None or posterior_seed is not None):
-            raise PriorswapError(f"'{model}' is a text-to-video model: it takes no --image / --end-image / "
-                                 "--posterior-seed")
-        from priorswap.images import check_image_file
-
-        for option, path in (("--image", image), ("--end-image", end_image)):
-            if path is not None:
-                try:
-                    check_image_file(path)  # before minutes of loading weights
-                except ValueError as e:
-                    raise PriorswapError(f"{option}: {e}") from None
+        device = checks.device(device)
+        task_cls, entry = video_task(model, allow_pickle)
+        values = {"prompt": prompt, "frames": frames, "fs": fs, "image": image, "end_image": end_image,
+                  "posterior_seed": posterior_seed}
+        inputs = task_inputs(task_cls, entry, model, values)
+        _check_options_for_model(entry, task_cls, prior is not None, method, image_guidance, steps, eta, None)
         from rich.console import Console
 
         from priorswap.api import load_pair
-        from priorswap.cli import quiet_transformers
-        from priorswap.media import progress_callback
+        from priorswap.media import progress_callback, write_together
         from priorswap.provenance import command_line
 
-        from .video import frame_strip, save_video
+        from .video import gif_writer, mp4_writer, strip_writer
 
         quiet_transformers()
-        pair = load_pair(model, prior, allow_pickle=allow_pickle, device=device, dtype=weights)
-        inputs = {"prompt": prompt, "frames": frames, "fs": fs}
-        if pair.task.name == "image-to-video":
-            inputs.update(image=image, end_image=end_image, posterior_seed=posterior_seed)
+        pair = load_pair(model, prior, offline=offline or None, allow_pickle=allow_pickle, device=device,
+                         dtype=weights)
+        _check_options_for_weights(pair, steps, eta, None)
         phi = pair.model.denoiser.lvdm.get("guidance_rescale", 0.0) if rescale is None else rescale
         rule = pair.guidance_for(method, guidance, image_guidance).with_options(rescale=phi)
         err = Console(stderr=True)
-        err.print(f"guidance: {rule.name} γ={rule.terms[0].weight:g}, rescale φ={phi:g}, {steps} steps")
+        err.print(f"guidance: {_rule_text(rule)}, rescale φ={phi:g}, {steps} steps")
         with progress_callback(steps, rule.name, err) as callback:
             result = pair.sample(inputs, guidance=rule, steps=steps, seed=seed, decode=False, eta=eta,
                                  autocast=mixed, callback=callback)
-        videos = pair.task.decode_video(result.latents)
+        clip = pair.task.decode_video(result.latents)[0]  # one prompt: one video
         record = {**result.record, "command": command_line()}
-        for i, clip in enumerate(videos):
-            stem = out.with_suffix("") if len(videos) == 1 else out.with_name(f"{out.stem}-{i}")
-            for suffix in (".mp4", ".gif"):
-                save_video(clip, stem.with_suffix(suffix), fps=video_fps, record={**record, "index": i})
-        from priorswap.media import save_grid
-
-        save_grid(frame_strip(videos), out.with_suffix(".png"), columns=1, record=record)
-        typer.echo(f"{rule.name}: {len(videos)} video(s) → {out} (+ .gif, .png)")
+        # all or nothing: written beside their destinations, renamed only once all three are written
+        write_together([(mp4, mp4_writer(clip, video_fps, record={**record, "index": 0})),
+                        (gif, gif_writer(clip, video_fps, record={**record, "index": 0})),
+                        (png, strip_writer(clip, record))])
+        typer.echo(f"{rule.name}: {mp4}, {gif}, {png}")

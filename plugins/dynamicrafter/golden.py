@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from priorswap.configs import read_json
 from priorswap.errors import PriorswapError
-from priorswap.golden import Produced
+from priorswap.golden import Produced, read_inputs
 
 from .attention import TEXT_CONTEXT_LEN
 from .convert import split_checkpoint
@@ -90,12 +90,14 @@ def load_tiny(folder: Path, fixture: dict, config: dict) -> tuple[UNet3D, Resamp
 
 def run_fixture(unet: UNet3D, resampler: Resampler | None, io: dict[str, torch.Tensor],
                 wanted: set[str]) -> tuple[dict[str, torch.Tensor], list[tuple[str, bool, str]]]:
-    """The tensors named in `wanted` (and a context-composition check) from the fixture's inputs."""
-    fs_name = "fs" if "fs" in io else "fps"
+    """The tensors named in `wanted` (and a context-composition check) from the fixture's inputs; `io` is
+    `priorswap.golden.read_inputs` (a missing input is an error naming it). The fs input is `fs` (DynamiCrafter)
+    or `fps` (VideoCrafter2, whose UNet has no image cross-attention); the `*_default_fs` outputs run without it."""
+    fs_name = "fs" if unet.image_cross_attention else "fps"
     produced: dict[str, torch.Tensor] = {}
     checks: list[tuple[str, bool, str]] = []
     with torch.no_grad():
-        if resampler is not None and "clip_image_embeds" in io:
+        if resampler is not None and ("image_tokens" in wanted or "clip_image_embeds" in io):
             tokens = resampler(io["clip_image_embeds"])
             produced["image_tokens"] = tokens
             if "context" in io and "text_context" in io:
@@ -105,12 +107,12 @@ def run_fixture(unet: UNet3D, resampler: Resampler | None, io: dict[str, torch.T
                                f"{TEXT_CONTEXT_LEN} text + {tokens.shape[1]} image tokens"))
         call = {"timesteps": io["timesteps"], "context": io["context"]}
         if "output" in wanted:
-            produced["output"] = unet(io["unet_input"], fs=io.get(fs_name), **call)
+            produced["output"] = unet(io["unet_input"], fs=io[fs_name], **call)
         for default in ("output_default_fs", "output_default_fps"):
             if default in wanted:
                 produced[default] = unet(io["unet_input"], **call)
         if "fallback_output" in wanted:
-            produced["fallback_output"] = unet(io["fallback_unet_input"], fs=io.get(fs_name), **call)
+            produced["fallback_output"] = unet(io["fallback_unet_input"], fs=io[fs_name], **call)
     return produced, checks
 
 
@@ -123,5 +125,5 @@ def check(folder: Path, fixture: dict[str, Any]) -> Produced:
     config = _read_json(folder / fixture.get("config", "config.json"))
     checks = [full_size_check(_read_json(folder / "manifest-full.json"))]
     unet, resampler = load_tiny(folder, fixture, config)
-    produced, more = run_fixture(unet, resampler, load_file(folder / "io.safetensors"), set(fixture["compare"]))
+    produced, more = run_fixture(unet, resampler, read_inputs(folder), set(fixture["compare"]))
     return Produced(produced, checks + more)

@@ -13,10 +13,16 @@ import torch
 from pydantic import Field
 
 from priorswap import Denoiser, PriorswapError, Task, TaskInputs
-from priorswap.task import ImageFile, Prompts
+from priorswap.checks import MAX_SEED
+from priorswap.registry import ModelEntry
+from priorswap.task import ImageFile, Prompts, model_file
 from priorswap.vae import VaeDecoder
 
 from .denoiser import DynamiCrafterDenoiser, LvdmDenoiser
+from .presets import LVDM_CONFIG, PRESETS
+
+MAX_FRAMES = 64  # 4× the 16 frames the released checkpoints were trained on; memory grows with every frame
+MAX_FS = 1000  # a frame rate or frame stride: the released models use 3 to 28
 
 
 def read_frame(path: Path, height: int, width: int) -> torch.Tensor:
@@ -84,18 +90,40 @@ class VideoTask(Task):
 
 class TextToVideoInputs(TaskInputs):
     prompt: Prompts = Field(..., description="text prompt(s); one video per prompt")
-    frames: int | None = Field(None, gt=0, description="number of frames (default: the model's, 16)")
-    fs: int | None = Field(None, gt=0, description="frame-rate condition (default: the model's)")
+    frames: int | None = Field(None, gt=0, le=MAX_FRAMES, description="number of frames (default: the model's, 16)")
+    fs: int | None = Field(None, gt=0, le=MAX_FS, description="frame-rate condition (default: the model's)")
 
 
 class ImageToVideoInputs(TextToVideoInputs):
     image: ImageFile = Field(..., description="the first frame (PNG, JPEG, ...)")
     end_image: ImageFile | None = Field(None, description="the last frame (interpolation checkpoint only)")
-    fs: int | None = Field(None, gt=0, description="frame stride (256) or frame rate (512/1024) condition")
+    fs: int | None = Field(None, gt=0, le=MAX_FS, description="frame stride (256) or frame rate (512/1024) condition")
     posterior_seed: int | None = Field(
-        None, description="encode the frame(s) with a VAE posterior draw from this seed, as the official scripts "
-        "do (default: the posterior mean, deterministic)"
+        None, ge=0, le=MAX_SEED, description="encode the frame(s) with a VAE posterior draw from this seed, as the "
+        "official scripts do (default: the posterior mean, deterministic)"
     )
+
+
+def interpolates(entry: ModelEntry) -> bool | None:
+    """Whether the model is an interpolation checkpoint (first and last frame), read before its weights load:
+    from its preset (`variant`), else from a local or cached folder's scheduler/lvdm_config.json; None when
+    neither is at hand (the denoiser tells once loaded)."""
+    if entry.variant in PRESETS:
+        return bool(PRESETS[entry.variant]["lvdm"].get("interpolation", False))
+    config = model_file(entry, f"scheduler/{LVDM_CONFIG}")
+    if config is None:
+        return None
+    from priorswap.configs import read_json
+
+    return bool(read_json(config).get("interpolation", False))
+
+
+def check_end_image(end_image: object, interpolation: bool) -> None:
+    """--end-image exactly with the interpolation checkpoint."""
+    if end_image is not None and not interpolation:
+        raise PriorswapError("--end-image needs the interpolation checkpoint (dynamicrafter-512-interp)")
+    if interpolation and end_image is None:
+        raise PriorswapError("the interpolation checkpoint needs a last frame: pass --end-image")
 
 
 class ImageToVideoTask(VideoTask):
@@ -105,6 +133,17 @@ class ImageToVideoTask(VideoTask):
     Inputs = ImageToVideoInputs
     levels = ("full", "partial", "null")
 
+    @classmethod
+    def check_inputs(cls, inputs: ImageToVideoInputs, entry: ModelEntry) -> None:
+        """--end-image against the checkpoint (interpolation or not) when that is known before loading, and
+        room for a first and a last frame."""
+        interpolation = interpolates(entry)
+        if interpolation is not None:
+            check_end_image(inputs.end_image, interpolation)
+        if inputs.end_image is not None and inputs.frames is not None and inputs.frames < 2:
+            raise PriorswapError(f"--frames {inputs.frames} leaves no room for a first and a last frame: "
+                                 "interpolation needs at least 2")
+
     def batch_size(self, inputs: ImageToVideoInputs) -> int:
         return len(inputs.prompt)
 
@@ -113,6 +152,9 @@ class ImageToVideoTask(VideoTask):
         latents with zeros between."""
         if last is None:
             return first[:, :, None].repeat(1, 1, frames, 1, 1)
+        if frames < 2:
+            raise PriorswapError(f"{frames} frame(s) leave no room for a first and a last frame: interpolation "
+                                 "needs at least 2")
         out = torch.zeros(*first.shape[:2], frames, *first.shape[2:], dtype=first.dtype, device=first.device)
         out[:, :, 0], out[:, :, -1] = first, last
         return out
@@ -123,10 +165,7 @@ class ImageToVideoTask(VideoTask):
                 return {"full": {"context": denoiser.encode_prompts(inputs.prompt), "fs": denoiser.fs_tensor(None)},
                         "null": denoiser.null_condition()}
             raise PriorswapError(f"{type(denoiser).__name__} cannot take the image-to-video conditions")
-        if inputs.end_image is not None and not denoiser.interpolation:
-            raise PriorswapError("--end-image needs the interpolation checkpoint (dynamicrafter-512-interp)")
-        if denoiser.interpolation and inputs.end_image is None:
-            raise PriorswapError("the interpolation checkpoint needs a last frame: pass --end-image")
+        check_end_image(inputs.end_image, denoiser.interpolation)
         h, w = denoiser.height, denoiser.width
         image = read_frame(inputs.image, h, w)
         generator = None if inputs.posterior_seed is None else torch.Generator().manual_seed(inputs.posterior_seed)

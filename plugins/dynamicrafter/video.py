@@ -6,6 +6,7 @@ or PyAV read video files.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -39,9 +40,10 @@ def _av():
     return av
 
 
-def write_mp4(frames: torch.Tensor, path: Path, fps: int = 8, crf: int = 18, record: dict | None = None) -> Path:
-    """Writes (T, 3, H, W) frames as H.264 MP4 (yuv420p: odd sizes are padded to even), atomically, with the
-    run `record` in the container's `comment` tag when given (`priorswap.provenance`)."""
+def mp4_writer(frames: torch.Tensor, fps: int = 8, crf: int = 18, record: dict | None = None) -> Callable[[str], None]:
+    """A function that writes (T, 3, H, W) frames as H.264 MP4 (yuv420p: odd sizes are padded to even) to the
+    file name it is given, with the run `record` in the container's `comment` tag when given
+    (`priorswap.provenance`); for `priorswap.media.write_atomic` / `write_together`."""
     av = _av()
     array = to_uint8(frames)
     h, w = array.shape[1:3]
@@ -64,22 +66,39 @@ def write_mp4(frames: torch.Tensor, path: Path, fps: int = 8, crf: int = 18, rec
             for packet in stream.encode():
                 container.mux(packet)
 
-    write_atomic(Path(path), write)
-    return Path(path)
+    return write
 
 
-def write_gif(frames: torch.Tensor, path: Path, fps: int = 8, record: dict | None = None) -> Path:
-    """Writes (T, 3, H, W) frames as a looping GIF (PIL), atomically, with the run `record` as its comment."""
+def gif_writer(frames: torch.Tensor, fps: int = 8, record: dict | None = None) -> Callable[[str], None]:
+    """A function that writes (T, 3, H, W) frames as a looping GIF (PIL) to the file name it is given, with the
+    run `record` as its comment."""
     from PIL import Image
 
     images = [Image.fromarray(f) for f in to_uint8(frames)]
     duration = max(1, round(1000 / fps))
     extra = {"comment": dumps(record).encode()} if record is not None else {}
-    write_atomic(
-        Path(path),
-        lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=duration,
-                                   loop=0, **extra),
-    )
+    return lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                                      duration=duration, loop=0, **extra)
+
+
+def strip_writer(frames: torch.Tensor, record: dict | None = None) -> Callable[[str], None]:
+    """A function that writes (T, 3, H, W) frames side by side as one PNG, with the run `record` embedded."""
+    from priorswap.media import to_pil
+    from priorswap.provenance import png_info
+
+    picture = to_pil(frame_strip(frames[None])[0])
+    return lambda tmp: picture.save(tmp, format="PNG", pnginfo=png_info(record))
+
+
+def write_mp4(frames: torch.Tensor, path: Path, fps: int = 8, crf: int = 18, record: dict | None = None) -> Path:
+    """Writes (T, 3, H, W) frames as H.264 MP4 atomically (`mp4_writer`)."""
+    write_atomic(Path(path), mp4_writer(frames, fps, crf, record))
+    return Path(path)
+
+
+def write_gif(frames: torch.Tensor, path: Path, fps: int = 8, record: dict | None = None) -> Path:
+    """Writes (T, 3, H, W) frames as a looping GIF atomically (`gif_writer`)."""
+    write_atomic(Path(path), gif_writer(frames, fps, record))
     return Path(path)
 
 
@@ -91,9 +110,7 @@ def save_video(frames: torch.Tensor, path: Path, fps: int = 8, record: dict | No
     if suffix == ".gif":
         return write_gif(frames, path, fps, record=record)
     if suffix == ".png":
-        from priorswap.media import save_grid
-
-        save_grid(frame_strip(frames[None]), Path(path), record=record)
+        write_atomic(Path(path), strip_writer(frames, record))
         return Path(path)
     raise PriorswapError(f"unknown video format {suffix!r} for {path}: use .mp4, .gif or .png")
 

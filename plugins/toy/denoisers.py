@@ -35,6 +35,7 @@ class ToyDenoiser(Denoiser):
             self.concat_channels = cfg.in_channels - cfg.out_channels
             if cfg.class_embed_type == "timestep":
                 self.angle = True
+                _embed_in_weights_dtype(net.class_embedding)
             elif cfg.num_class_embeds:
                 self.null_class = int(cfg.num_class_embeds) - 1
 
@@ -59,6 +60,17 @@ class ToyDenoiser(Denoiser):
         elif self.null_class is not None:
             cond["class_labels"] = torch.tensor([self.null_class], device=self.device)
         return cond
+
+
+def _embed_in_weights_dtype(embedding: torch.nn.Module) -> None:
+    """Casts the view angle's sinusoidal features to the embedding's dtype: diffusers' `UNet2DModel` feeds
+    `class_embed_type="timestep"` features in float32 (it casts the timestep's, not these), which a float16
+    or bfloat16 network refuses. The angle itself stays float32 (bfloat16 would round 500 + 10·a to 4)."""
+    def cast(module: torch.nn.Module, args: tuple) -> tuple:
+        weight = next(module.parameters())
+        return tuple(a.to(weight.dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+    embedding.register_forward_pre_hook(cast)
 
 
 def _component(folder: Path) -> str:

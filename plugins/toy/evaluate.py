@@ -253,6 +253,7 @@ def run_settings(
         "bootstrap_resamples": n_boot,
         "min_per_class": MIN_PER_CLASS if task_name == "toy-class" else None,
         "device": "cpu",
+        "dtype": "float32",
         "priorswap": priorswap.__version__,
         "torch": torch.__version__,
     }
@@ -263,10 +264,12 @@ def run_request(request: EvalRequest) -> None:
     register_evaluators hook): every prior of `request.priors` (None = CFG; plus each prior without adapters
     with `ablate_adapters`) × `guidance` (default 1.5, 2, 3, 5) × `seeds` (default 0, 1, 2), `samples` per
     method, scale and seed (default 200), `steps` DDIM steps (default 25); prints the markdown table and
-    writes results.json, results.md and results.png to `request.out` when set. The toy models are shipped,
-    so the loading options (registry, offline, device, dtype) do not apply."""
+    writes results.json, results.md and results.png to `request.out` when set. It runs the shipped toy models
+    in float32 on the CPU: `request.dtype`, `device` and `registry` other than those are refused
+    (`check_request`); `offline` changes nothing (nothing is downloaded)."""
     from rich.console import Console
 
+    check_request(request)
     variants = [Variant(p) for p in request.priors]
     if request.ablate_adapters:
         variants += [Variant(p, adapters=False) for p in request.priors if p is not None]
@@ -280,6 +283,24 @@ def run_request(request: EvalRequest) -> None:
     if request.out is not None:
         write_results(records, request.out, request.model, settings)
         console.print(f"results → {request.out}/results.json, results.md, results.png")
+
+
+def check_request(request: EvalRequest) -> None:
+    """Refuses the loading options the toy evaluator cannot honour, rather than ignoring them: it samples the
+    shipped toy models in float32 on the CPU, looked up in the shipped registry."""
+    given = []
+    if request.dtype is not None and request.dtype != torch.float32:
+        name = str(request.dtype).removeprefix("torch.")
+        given.append(f"--dtype { {'float16': 'fp16', 'bfloat16': 'bf16'}.get(name, name)}")
+    if request.device is not None and torch.device(request.device).type != "cpu":
+        given.append(f"--device {request.device}")
+    if request.registry:
+        given.append(f"--registry {' '.join(map(str, request.registry))}")
+    if given:
+        raise priorswap.PriorswapError(
+            f"{', '.join(given)}: the toy plugin's built-in evaluator (eval without --data) samples the shipped "
+            "toy models in float32 on the CPU and does not take this; leave it out, or measure on a dataset "
+            "folder with --data DIR, which does (docs/eval.md)")
 
 
 def write_results(records: list[Record], out: Path, title: str, settings: dict | None = None) -> None:

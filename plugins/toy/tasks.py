@@ -39,8 +39,13 @@ def _toy(denoiser: Denoiser, what: str):
     return denoiser
 
 
+BACKGROUND = 0
+"""The toy digits are light on black: transparent pixels of a source image are composited onto black."""
+
+
 def load_png(path: str | Path) -> torch.Tensor:
-    """An image file as a (1, 1, 16, 16) digit in [-1, 1] (bright strokes on a dark background).
+    """An image file as a (1, 1, 16, 16) digit in [-1, 1] (bright strokes on a dark background; 16-bit images
+    scaled to 8 bits, transparent pixels black, by `priorswap.images.open_image`).
 
     Raises a PriorswapError naming the file when it is missing, a folder or not an image."""
     from PIL import Image
@@ -49,7 +54,7 @@ def load_png(path: str | Path) -> torch.Tensor:
 
     if Path(path).expanduser().is_dir():
         raise PriorswapError(f"image {path} is a folder; give an image file (a light digit on a dark background)")
-    gray = open_image(path, "L").resize((data.SIZE, data.SIZE), Image.BILINEAR)
+    gray = open_image(path, "L", BACKGROUND).resize((data.SIZE, data.SIZE), Image.BILINEAR)
     pixels = torch.from_numpy(np.asarray(gray, dtype=np.float32).copy()).view(1, 1, data.SIZE, data.SIZE)
     return pixels / 127.5 - 1
 
@@ -118,6 +123,7 @@ class ToyViewTask(Task):
     name = "toy-view"
     Inputs = ToyViewInputs
     metrics = ("psnr", "ssim")  # `priorswap eval --data DIR` against the true rotated digits (offline)
+    image_background = BACKGROUND
 
     def batch_size(self, inputs: ToyViewInputs) -> int:
         return inputs.count()
@@ -152,6 +158,7 @@ class ToyEditTask(Task):
     name = "toy-edit"
     Inputs = ToyEditInputs
     levels = ("full", "partial", "null")
+    image_background = BACKGROUND
 
     def batch_size(self, inputs: ToyEditInputs) -> int:
         return inputs.count()

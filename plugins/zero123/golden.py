@@ -42,13 +42,11 @@ def _recording(denoiser) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def check(folder: Path, fixture: dict):
     """Runs the fixture's `call` and returns the tensors named in its `compare` (plus extra checks)."""
-    from safetensors.torch import load_file
-
     import priorswap
-    from priorswap.golden import Produced
+    from priorswap.golden import Produced, call_of, read_inputs
 
-    call = fixture["call"]
-    io = load_file(Path(folder) / "io.safetensors")
+    call = call_of(folder, fixture)  # a missing field or tensor is named, not a bare KeyError
+    io = read_inputs(folder)
     if float(call.get("eta", 0.0)) != 0.0:
         raise PriorswapError(f"the engine's DDIM runs with eta = 0; the fixture asks for eta = {call['eta']}")
     pair = priorswap.load_pair(str(Path(folder) / fixture.get("components", "components")), offline=True)
