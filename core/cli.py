@@ -175,7 +175,9 @@ def _ints(text: str, option: str) -> list[int]:
     return _distinct(values, option)
 
 
-def _task_inputs(task: Any, raw: dict[str, list[str]]) -> Any:
+def parse_task_inputs(task: Any, raw: dict[str, list[str]]) -> Any:
+    """A task's validated inputs from parsed `--field value` options (lists for repeated ones; `--no-flag`
+    for a bool field); a PriorswapError in the options' words (`--class-label (value 1, got '99'): ...`)."""
     from pydantic import ValidationError
 
     fields = task.Inputs.model_fields
@@ -291,8 +293,8 @@ def sample(
     _check_out_and_out_dir(out, out_dir, seed_list)
     if num_samples < 1:
         raise PriorswapError(f"--num-samples must be at least 1, got {num_samples}")
-    _check_sampling_options(method, guidance, image_guidance, rescale, steps, eta, match, scheduler)
-    mixed = _autocast(autocast)
+    check_sampling_options(method, guidance, image_guidance, rescale, steps, eta, match, scheduler)
+    mixed = parse_autocast(autocast)
     device = checks.device(device)
 
     import torch
@@ -301,7 +303,7 @@ def sample(
 
     # before any weights load: the task inputs, and the options that depend on the model's entry and task
     entry, task_cls = _check_task_inputs(model, raw, registry, allow_pickle)
-    _check_options_for_model(entry, task_cls, prior is not None, method, image_guidance, steps, eta, scheduler)
+    check_options_for_model(entry, task_cls, prior is not None, method, image_guidance, steps, eta, scheduler)
     quiet_transformers()
 
     with err.status(f"loading {model}" + (f" and {prior}" if prior else "")):
@@ -311,8 +313,8 @@ def sample(
             prior_dtype=parse_dtype(prior_dtype, "--prior-dtype") if prior_dtype else None, device=device,
             offload=offload,
         )
-    inputs = _task_inputs(pair.task, raw)
-    _check_options_for_weights(pair, steps, eta, scheduler)
+    inputs = parse_task_inputs(pair.task, raw)
+    check_options_for_weights(pair, steps, eta, scheduler)
     decode = out is not None or out_dir is not None
     if decode and not pair.task.can_decode():  # before minutes of sampling
         raise PriorswapError(f"'{model}' has no decoder here (no vae/ folder), so --out/--out-dir cannot be "
@@ -323,7 +325,7 @@ def sample(
     from .media import progress_callback
 
     n_steps = steps or pair.model.resolved.entry.recommended.steps
-    err.print(f"guidance: {_rule_text(rule)}, {n_steps} steps")
+    err.print(f"guidance: {rule_text(rule)}, {n_steps} steps")
     from .provenance import command_line
 
     command = command_line()
@@ -382,8 +384,8 @@ def _check_task_inputs(
     reg, plugins = _registry(registry)
     resolved = resolve(model, reg, plugins, allow_pickle=allow_pickle)
     _, task_cls = task_of(resolved.entry, model, plugins)
-    inputs = _task_inputs(task_cls, raw)
-    _check_input_files(inputs)
+    inputs = parse_task_inputs(task_cls, raw)
+    check_input_files(inputs)
     task_cls.check_inputs(inputs, resolved.entry)
     return resolved.entry, task_cls
 
@@ -402,7 +404,7 @@ def _check_out_and_out_dir(out: Path | None, out_dir: Path | None, seeds: list[i
                              "sample): the grid would be overwritten; give it another name or folder")
 
 
-def _check_options_for_model(
+def check_options_for_model(
     entry: Any, task_cls: Any, has_prior: bool, method: str | None, image_guidance: float | None,
     steps: int | None, eta: float | None, scheduler: str | None,
 ) -> None:
@@ -423,7 +425,7 @@ def _check_options_for_model(
     checks.steps(steps, entry.schedule.num_train_timesteps)
     rec = entry.recommended
     kind = scheduler or rec.scheduler
-    if kind == "euler":  # "native" is known only once its scheduler config is read (_check_options_for_weights)
+    if kind == "euler":  # "native" is known only once its scheduler config is read (check_options_for_weights)
         _check_eta(eta, rec.eta, "euler")
 
 
@@ -437,7 +439,7 @@ def _check_eta(eta: float | None, recommended: float, scheduler: str) -> None:
                              f"{scheduler}); pass --eta 0 to sample with it deterministically")
 
 
-def _check_options_for_weights(pair: Any, steps: int | None, eta: float | None, scheduler: str | None) -> None:
+def check_options_for_weights(pair: Any, steps: int | None, eta: float | None, scheduler: str | None) -> None:
     """What only the loaded weights' scheduler config tells, in the option's words: the training timesteps
     (--steps) and the class of the native scheduler (--eta)."""
     from . import checks
@@ -449,7 +451,7 @@ def _check_options_for_weights(pair: Any, steps: int | None, eta: float | None, 
         _check_eta(eta, rec.eta, f"native ({config.get('_class_name')})")
 
 
-def _check_input_files(inputs: Any) -> None:
+def check_input_files(inputs: Any) -> None:
     """Every file a task input names exists and is a file (inputs typed `ImageFile` are checked as they
     validate; this covers plain `Path` fields)."""
     for name, value in inputs:
@@ -471,7 +473,7 @@ def _interval(text: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
-def _check_sampling_options(
+def check_sampling_options(
     method: str | None, guidance: float | None, image_guidance: float | None, rescale: float | None,
     steps: int | None, eta: float | None, match: str, scheduler: str | None,
 ) -> None:
@@ -493,7 +495,8 @@ def _check_sampling_options(
         checks.one_of(scheduler, "--scheduler", SCHEDULERS)
 
 
-def _autocast(name: str | None) -> Any:
+def parse_autocast(name: str | None) -> Any:
+    """The dtype of `--autocast` (fp16 or bf16; None when not given)."""
     if not name:
         return None
     dtype = parse_dtype(name, "--autocast")
@@ -502,7 +505,7 @@ def _autocast(name: str | None) -> Any:
     return dtype
 
 
-def _rule_text(rule: Any) -> str:
+def rule_text(rule: Any) -> str:
     """'prior-swap γ=1.5', or for dual guidance 'dual-prior-swap γT=7.5 γI=1.5'."""
     weights = {t.branch: t.weight for t in rule.terms}
     if ("model", "partial") in weights:

@@ -18,20 +18,13 @@ def write_atomic(path: Path, write) -> None:
     """Writes through a temporary file in the same folder, so a failure leaves no half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
+    tmp = _stage(path, write)
     try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
-    except BaseException as e:
+    except OSError as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename == tmp:  # name the destination, not the temporary file
-            raise type(e)(e.errno, e.strerror, str(path)) from e
-        raise
+        raise type(e)(e.errno, e.strerror, str(path)) from e
 
 
 @contextlib.contextmanager

@@ -437,7 +437,7 @@ def test_tasks_prints_readable_types(capsys):
 
 def test_bool_task_options_take_a_flag_a_value_or_no_flag():
     from priorswap import Task, TaskInputs
-    from priorswap.cli import _parse_task_options, _task_inputs
+    from priorswap.cli import _parse_task_options, parse_task_inputs
     from priorswap.errors import PriorswapError
 
     class FlagInputs(TaskInputs):
@@ -455,7 +455,7 @@ def test_bool_task_options_take_a_flag_a_value_or_no_flag():
             return {}
 
     def parse(*argv):
-        return _task_inputs(FlagTask, _parse_task_options(list(argv)))
+        return parse_task_inputs(FlagTask, _parse_task_options(list(argv)))
 
     assert parse("--invert").invert is True and parse("--invert", "true").invert is True
     assert parse("--invert=false").invert is False and parse("--no-invert").invert is False

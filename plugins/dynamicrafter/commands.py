@@ -57,10 +57,10 @@ def check_numbers(video_fps: int, seed: int, posterior_seed: int | None) -> None
         checks.seed(posterior_seed, "--posterior-seed")
 
 
-def task_inputs(task_cls: type, entry: Any, model: str, values: dict[str, Any]) -> Any:
+def video_task_inputs(task_cls: type, entry: Any, model: str, values: dict[str, Any]) -> Any:
     """The task inputs validated as `sample` validates its options (CLI words: `--frames`, `--fs`, ...), their
     image files checked, and the task's `check_inputs` run against the model's entry (e.g. --end-image)."""
-    from priorswap.cli import _check_input_files, _task_inputs
+    from priorswap.cli import check_input_files, parse_task_inputs
     from priorswap.images import check_image_file
 
     if task_cls.name == "image-to-video" and values.get("image") is None:
@@ -76,8 +76,8 @@ def task_inputs(task_cls: type, entry: Any, model: str, values: dict[str, Any]) 
             except ValueError as e:
                 raise PriorswapError(f"{option}: {e}") from None
     raw = {key: [str(value)] for key, value in values.items() if value is not None}
-    inputs = _task_inputs(task_cls, raw)
-    _check_input_files(inputs)
+    inputs = parse_task_inputs(task_cls, raw)
+    check_input_files(inputs)
     task_cls.check_inputs(inputs, entry)
     return inputs
 
@@ -121,27 +121,27 @@ def register(cli: typer.Typer) -> None:
         """Image-to-video (DynamiCrafter, dual guidance) or text-to-video (VideoCrafter2) to MP4 + GIF + PNG."""
         from priorswap import checks
         from priorswap.cli import (
-            _autocast,
-            _check_options_for_model,
-            _check_options_for_weights,
-            _check_sampling_options,
-            _rule_text,
+            check_options_for_model,
+            check_options_for_weights,
+            check_sampling_options,
+            parse_autocast,
             quiet_transformers,
+            rule_text,
         )
         from priorswap.dtypes import parse_dtype
 
         # everything a typo can break, before minutes of loading weights
         mp4, gif, png = output_files(out)
         check_numbers(video_fps, seed, posterior_seed)
-        _check_sampling_options(method, guidance, image_guidance, rescale, steps, eta, "continuous", None)
-        mixed = _autocast(autocast)
+        check_sampling_options(method, guidance, image_guidance, rescale, steps, eta, "continuous", None)
+        mixed = parse_autocast(autocast)
         weights = parse_dtype(dtype, "--dtype")
         device = checks.device(device)
         task_cls, entry = video_task(model, allow_pickle)
         values = {"prompt": prompt, "frames": frames, "fs": fs, "image": image, "end_image": end_image,
                   "posterior_seed": posterior_seed}
-        inputs = task_inputs(task_cls, entry, model, values)
-        _check_options_for_model(entry, task_cls, prior is not None, method, image_guidance, steps, eta, None)
+        inputs = video_task_inputs(task_cls, entry, model, values)
+        check_options_for_model(entry, task_cls, prior is not None, method, image_guidance, steps, eta, None)
         from rich.console import Console
 
         from priorswap.api import load_pair
@@ -153,11 +153,11 @@ def register(cli: typer.Typer) -> None:
         quiet_transformers()
         pair = load_pair(model, prior, offline=offline or None, allow_pickle=allow_pickle, device=device,
                          dtype=weights)
-        _check_options_for_weights(pair, steps, eta, None)
+        check_options_for_weights(pair, steps, eta, None)
         phi = pair.model.denoiser.lvdm.get("guidance_rescale", 0.0) if rescale is None else rescale
         rule = pair.guidance_for(method, guidance, image_guidance).with_options(rescale=phi)
         err = Console(stderr=True)
-        err.print(f"guidance: {_rule_text(rule)}, rescale φ={phi:g}, {steps} steps")
+        err.print(f"guidance: {rule_text(rule)}, rescale φ={phi:g}, {steps} steps")
         with progress_callback(steps, rule.name, err) as callback:
             result = pair.sample(inputs, guidance=rule, steps=steps, seed=seed, decode=False, eta=eta,
                                  autocast=mixed, callback=callback)
