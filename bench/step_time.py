@@ -157,6 +157,21 @@ def forward_breakdown(pair, repeats: int, n: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+@torch.no_grad()
+def weight_read_time(module: torch.nn.Module, repeats: int) -> tuple[float, int]:
+    """Median seconds to read every parameter of `module` once from memory (a sum over each), and their bytes:
+    what a forward pays at least when its layers are bound by fetching their weights, as at batch 1."""
+    params = list(module.parameters())
+    size = sum(p.numel() * p.element_size() for p in params)
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        for p in params:
+            p.sum()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:]), size
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", help="folder that keeps the built model folders between runs (default: temporary)")
@@ -241,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
               f"(ratio {split / batched:.3f})")
         saved = 1 - breakdown[f"prior, batch {n}"] / breakdown[f"prior, batch {n}, no reuse"]
         print(f"  reusing the prior's projections of its null condition saves {saved:.0%} of its forward")
+        read, size = weight_read_time(pair.prior.denoiser.net, args.repeats)
+        print(f"  reading the prior's {size / 2**20:.0f} MiB of weights once takes {read:.3f} s "
+              f"({size / read / 1e9:.1f} GB/s), {read / batched:.1%} of the CFG forward: a swap step reads both "
+              "networks' weights, a CFG step the model's only")
     ratio = full["prior-swap"] / full["cfg"]
     line = (f"a {RUN_STEPS}-step run: cfg {full['cfg']:.3f} s/step, prior-swap {full['prior-swap']:.3f} s/step, "
             f"ratio swap/CFG = {ratio:.3f}")

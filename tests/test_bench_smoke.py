@@ -35,4 +35,4 @@ def test_bench_tiny_mode_runs(script, expect, tmp_path):
     assert "identical output: False" not in done.stdout
     if script == "step_time.py":  # first and later steps timed apart, the engine's own cost, the 50-step estimate
         assert "later steps" in done.stdout and "outside the network forwards" in done.stdout
-        assert "a 50-step run: cfg" in done.stdout
+        assert "a 50-step run: cfg" in done.stdout and "reading the prior's" in done.stdout
