@@ -93,8 +93,10 @@ class Pair:
         if self.prior is not None:
             if self.prior.denoiser is self.model.denoiser:
                 routes["prior"] = routes["model"]  # same network: its branches share one forward
-            elif not self.adapters:  # ablation: the model's timestep and parameterization, unadapted
-                routes["prior"] = Route(self.prior.denoiser, match="same",
+            elif not self.adapters:  # ablation: the model's timestep and parameterization, unadapted; the
+                # maps that make the prior's input fit at all (latent space, size, frames) stay
+                adapters = tuple(self.plan.adapters) if self.plan else ()
+                routes["prior"] = Route(self.prior.denoiser, adapters, match="same",
                                         naive_as=self.model.denoiser.parameterization)
             else:
                 same = self.model.denoiser.schedule.same_as(self.prior.denoiser.schedule)
@@ -260,8 +262,8 @@ def load_pair(
 
     `match` is the σ-matching for priors on another schedule (continuous or nearest);
     `adapters=False` is an ablation that feeds the prior the model's raw timestep and reads its
-    output as the model's parameterization. Raises IncompatiblePair naming the missing adapter
-    when the registry cannot bridge the pair. `dtype` / `prior_dtype` set the weights' dtypes
+    output as the model's parameterization (the latent-space, size and frame maps it needs stay).
+    Raises IncompatiblePair naming the missing adapter when the registry cannot bridge the pair. `dtype` / `prior_dtype` set the weights' dtypes
     (the prior's defaults to the model's); `offload` keeps the networks in CPU memory and moves
     each to `device` only for its forward pass (accelerate's cpu_offload).
     """

@@ -639,8 +639,8 @@ def eval_(
                           "folder. Default: openai/clip-vit-large-patch14"),
     ] = None,
     ablate_adapters: Annotated[
-        bool, typer.Option("--ablate-adapters", help="Also run each prior with adapters disabled (naive timestep "
-                                                     "reuse).")
+        bool, typer.Option("--ablate-adapters", help="Also run each prior without σ-matching and "
+                                                     "parameterization conversion (naive timestep reuse).")
     ] = False,
     out: Annotated[Path | None, typer.Option(help="Folder for results.json, results.md and the images.")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never contact the hub; use cached weights only.")] = False,

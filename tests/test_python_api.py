@@ -118,3 +118,26 @@ def test_a_record_of_given_noise_redoes_only_with_that_noise(pair):
         sample_arguments(first.record)
     again = pair.sample(**sample_arguments(first.record, noise=noise), decode=False)
     torch.testing.assert_close(again.latents, first.latents, rtol=0, atol=0)
+
+
+def test_the_adapter_ablation_drops_the_timestep_and_output_adapters_only(tmp_path):
+    """adapters=False feeds the prior the model's raw timestep and reads its output as the model's
+    parameterization; a latent-space map the prior's input needs stays."""
+    (tmp_path / "scaled.yaml").write_text(
+        "latent_spaces:\n"
+        "  toy-pixels-x2: {channels: 1, scale: 2.0, shift: 0.0, downsample: 1, family: toy-pixels}\n"
+        "models:\n"
+        "  toy-base-x2:\n"
+        "    plugin: toy\n"
+        "    roles: [prior]\n"
+        "    source: {package: priorswap.plugins.toy, path: weights/toy-digits-base}\n"
+        "    latent_space: toy-pixels-x2\n"
+        "    schedule: {beta_schedule: linear, beta_start: 0.0001, beta_end: 0.02, num_train_timesteps: 1000}\n"
+        "    resolution: 16\n"
+    )
+    files = [str(tmp_path / "scaled.yaml")]
+    adapted = load_pair("toy-digits-class", prior="toy-base-x2", registry_files=files)
+    naive = load_pair("toy-digits-class", prior="toy-base-x2", registry_files=files, adapters=False)
+    assert [a.name for a in adapted.routes["prior"].adapters] == ["latent-affine"]
+    assert [a.name for a in naive.routes["prior"].adapters] == ["latent-affine"]
+    assert naive.routes["prior"].match == "same" and naive.routes["prior"].naive_as == "epsilon"
