@@ -279,3 +279,13 @@ def test_demo_checks_its_options_before_any_work(tmp_path, capsys, monkeypatch):
         with pytest.raises(priorswap.PriorswapError, match=problem):  # the Python entry point checks them too
             real_run(tmp_path / "d.png", **kwargs)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_training_a_fine_tune_without_its_base_is_refused_before_training(tmp_path, capsys):
+    from clihelp import run_cli
+
+    code, _, err = run_cli(capsys, "toy", "train", "--only", "toy-digits-class", "--out", str(tmp_path / "zoo"),
+                           "--scale", "0.01")
+    message = " ".join(err.split())
+    assert code == 2 and "toy-digits-class fine-tune(s) toy-digits-base" in message
+    assert "--only toy-digits-base" in message and not (tmp_path / "zoo").exists()

@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from priorswap.errors import PriorswapError
+
 from . import data, models
 from .classifier import CLASSIFIER_ID, train_classifier, weights_dir
 
@@ -144,7 +146,7 @@ def _network(name: str, out_dir: Path):
 
     base_folder = Path(out_dir) / "toy-digits-base"
     if not (base_folder / "unet").is_dir():
-        raise FileNotFoundError(f"{name} is fine-tuned from toy-digits-base, which is not in {out_dir}: train it first")
+        raise PriorswapError(f"{name} is fine-tuned from toy-digits-base, which is not in {out_dir}: train it first")
     base = UNet2DModel.from_pretrained(base_folder, subfolder="unet", torch_dtype=torch.float32)
     if name == "toy-digits-class":
         net = models.finetune_unet(base, 0, num_class_embeds=models.NUM_CLASSES + 1)
@@ -258,6 +260,11 @@ def train_zoo(
     unknown = [m for m in (only or []) if m not in ZOO]
     if unknown:
         raise ValueError(f"unknown zoo id(s) {', '.join(unknown)}; choose from {', '.join(ZOO)}")
+    base = "toy-digits-base"
+    fine_tunes = [m for m in (only or []) if m not in (base, "toy-digits-dit-v", CLASSIFIER_ID)]
+    if fine_tunes and base not in only and not (out_dir / base / "unet").is_dir():
+        raise PriorswapError(f"{', '.join(fine_tunes)} fine-tune(s) {base}, which is not in {out_dir}: add "
+                             f"--only {base} (it trains first) or train it into that folder before")
     out_dir.mkdir(parents=True, exist_ok=True)
     stats = {}
     for name in ZOO:
