@@ -160,3 +160,25 @@ def test_a_cache_miss_says_how_to_retry(monkeypatch, local_only, env, hint):
     message = str(info.value)
     assert "hf download org/model" in message and hint in message
     assert ("HF_HUB_OFFLINE" in message) == (env is not None)
+
+
+def test_registry_files_reach_the_task_check_and_load_pair(stubs, tmp_path, capsys, spy):
+    reg = tmp_path / "mine.yaml"
+    reg.write_text(
+        "models:\n"
+        "  my-dynamicrafter:\n"
+        "    plugin: dynamicrafter\n"
+        f"    source: {{path: {stubs['dc512']}}}\n"
+        "    latent_space: sd-kl-f8\n"
+        "    schedule: {beta_schedule: scaled_linear, beta_start: 0.00085, beta_end: 0.012, zero_terminal_snr: true}\n"
+        "    parameterization: v_prediction\n"
+        "    modality: video\n"
+        "    resolution: 512\n"
+        "    task: image-to-video\n"
+    )
+    image = ("--image", str(stubs["first"]))
+    code, stderr = video(capsys, stubs, tmp_path, *image, "--registry", str(reg), model="my-dynamicrafter")
+    assert code == 2 and "stopped at load_pair" in stderr, stderr
+    assert spy[0]["registry_files"] == [str(reg)]
+    code, stderr = video(capsys, stubs, tmp_path, *image, model="my-dynamicrafter")  # without it: unknown id
+    assert code == 2 and "my-dynamicrafter" in stderr and not spy[1:]

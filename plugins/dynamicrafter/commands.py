@@ -10,19 +10,20 @@ from typing import Annotated, Any
 
 import typer
 
+from priorswap.cli import RegistryOpt
 from priorswap.errors import PriorswapError
 
 VIDEO_TASKS = ("image-to-video", "text-to-video")
 MAX_VIDEO_FPS = 100  # a GIF times its frames in hundredths of a second
 
 
-def video_task(model: str, allow_pickle: bool = False) -> tuple[type, Any]:
+def video_task(model: str, allow_pickle: bool = False, registry: list[str] | None = None) -> tuple[type, Any]:
     """The task class and registry entry of `model` (registry id, folder or checkpoint file), read before any
     weights load; a PriorswapError when it is not a video model."""
     from priorswap.loading import task_and_entry
     from priorswap.plugin_manager import get_plugins
 
-    task, task_cls, entry = task_and_entry(model, [], get_plugins(), allow_pickle=allow_pickle)
+    task, task_cls, entry = task_and_entry(model, registry or [], get_plugins(), allow_pickle=allow_pickle)
     if task not in VIDEO_TASKS:
         raise PriorswapError(f"'{model}' is not a video model (its task is {task}): `priorswap video` takes "
                              "DynamiCrafter / VideoCrafter models; use `priorswap sample` for image models")
@@ -117,6 +118,7 @@ def register(cli: typer.Typer) -> None:
             int | None, typer.Option(help="Encode the frame(s) with a VAE posterior draw from this seed, as the "
                                      "official scripts (default: the posterior mean).")
         ] = None,
+        registry: RegistryOpt = None,
     ) -> None:
         """Image-to-video (DynamiCrafter, dual guidance) or text-to-video (VideoCrafter2) to MP4 + GIF + PNG."""
         from priorswap import checks
@@ -137,7 +139,7 @@ def register(cli: typer.Typer) -> None:
         mixed = parse_autocast(autocast)
         weights = parse_dtype(dtype, "--dtype")
         device = checks.device(device)
-        task_cls, entry = video_task(model, allow_pickle)
+        task_cls, entry = video_task(model, allow_pickle, registry)
         values = {"prompt": prompt, "frames": frames, "fs": fs, "image": image, "end_image": end_image,
                   "posterior_seed": posterior_seed}
         inputs = video_task_inputs(task_cls, entry, model, values)
@@ -151,8 +153,8 @@ def register(cli: typer.Typer) -> None:
         from .video import gif_writer, mp4_writer, strip_writer
 
         quiet_transformers()
-        pair = load_pair(model, prior, offline=offline or None, allow_pickle=allow_pickle, device=device,
-                         dtype=weights)
+        pair = load_pair(model, prior, registry_files=registry or [], offline=offline or None,
+                         allow_pickle=allow_pickle, device=device, dtype=weights)
         check_options_for_weights(pair, steps, eta, None)
         phi = pair.model.denoiser.lvdm.get("guidance_rescale", 0.0) if rescale is None else rescale
         rule = pair.guidance_for(method, guidance, image_guidance).with_options(rescale=phi)
