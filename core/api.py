@@ -263,9 +263,10 @@ def load_pair(
     `match` is the σ-matching for priors on another schedule (continuous or nearest);
     `adapters=False` is an ablation that feeds the prior the model's raw timestep and reads its
     output as the model's parameterization (the latent-space, size and frame maps it needs stay).
-    Raises IncompatiblePair naming the missing adapter when the registry cannot bridge the pair. `dtype` / `prior_dtype` set the weights' dtypes
-    (the prior's defaults to the model's); `offload` keeps the networks in CPU memory and moves
-    each to `device` only for its forward pass (accelerate's cpu_offload).
+    Raises IncompatiblePair naming the missing adapter when the registry cannot bridge the pair.
+    `dtype` / `prior_dtype` set the weights' dtypes (the prior's defaults to the model's); `offload`
+    keeps the networks in CPU memory and moves each to `device` only for its forward pass
+    (accelerate's cpu_offload).
     """
     if match not in MATCHES:
         raise PriorswapError(f"σ-matching must be one of {', '.join(MATCHES)}, got {match!r}")
