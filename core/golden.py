@@ -134,7 +134,6 @@ class Required(dict):
         raise PriorswapError(f"{self.where} lacks the {self.what} '{key}' (it has: {held or 'none'})")
 
 
-
 def read_inputs(folder: Path) -> Required:
     """The tensors of `folder`/io.safetensors, each required by name (`Required`)."""
     from safetensors.torch import load_file
@@ -209,7 +208,9 @@ def check_fixture(folder: Path, plugins: Any = None) -> FixtureResult:
     except Exception as e:
         return FixtureResult(folder, family, [], f"{folder / REFERENCE_FILE} does not load "
                              f"({type(e).__name__}: {e})")
-    _quiet_loading_bars()
+    from .cli import quiet_transformers
+
+    quiet_transformers()  # checkers load components through transformers: no "Loading weights" bars in the table
     try:
         result = resolve_ref(checkers[family])(folder, fixture)
     except PriorswapError as e:  # a message written for the user: as it is
@@ -227,11 +228,3 @@ def check_fixture(folder: Path, plugins: Any = None) -> FixtureResult:
             comparisons.append(compare(name, produced.tensors[name], reference[name], atol, rtol))
     comparisons += [Comparison(name, ok, detail=detail) for name, ok, detail in produced.checks]
     return FixtureResult(folder, family, comparisons)
-
-
-def _quiet_loading_bars() -> None:
-    """Checkers load components through transformers, whose "Loading weights" bars would print into the
-    table of results; silence them (priorswap.cli.quiet_transformers)."""
-    from .cli import quiet_transformers
-
-    quiet_transformers()

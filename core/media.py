@@ -40,14 +40,23 @@ def all_or_nothing(folders: tuple[Path | None, ...] = ()) -> Iterator[list[Path]
         for path in written:
             with contextlib.suppress(OSError):
                 os.unlink(path)
-        for folder in new_folders:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only if empty
+        _remove_if_empty(new_folders)
         if isinstance(e, OSError):
-            where = f" {e.filename}" if e.filename else ""
-            raise PriorswapError(f"could not write{where}: {e.strerror or e}; the outputs of this run were "
-                                 "removed") from e
+            raise _write_error(e, "the outputs of this run were removed") from e
         raise
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Removes those of `folders` (a failed run created them; innermost first) that are left empty."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only if empty
+
+
+def _write_error(e: OSError, outcome: str) -> PriorswapError:
+    """A failed write (OSError) as the message a user sees: the file, the reason and what became of the run."""
+    where = f" {e.filename}" if e.filename else ""
+    return PriorswapError(f"could not write{where}: {e.strerror or e}; {outcome}")
 
 
 def _stage(path: Path, write: Callable[[str], None]) -> str:
@@ -110,13 +119,10 @@ def write_together(files: list[tuple[Path, Callable[[str], None]]]) -> None:
         for _, tmp in staged:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-        for folder in reversed(new_folders):
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only if empty
+        _remove_if_empty(list(reversed(new_folders)))
         if isinstance(e, OSError):
-            where = f" {e.filename}" if e.filename else ""
-            raise PriorswapError(f"could not write{where}: {e.strerror or e}; none of this run's files were "
-                                 "written, and the files that were there are kept") from e
+            raise _write_error(e, "none of this run's files were written, and the files that were there are "
+                                  "kept") from e
         raise
 
 

@@ -47,6 +47,24 @@ def registry_for(tmp_path, dit_folder, repo="tiny-org/tiny-dit", commit=COMMIT):
     return str(path)
 
 
+def tiny_sd_registry(tmp_path, sd_folder):
+    """A registry file with `tiny-sd`: the tiny SD folder as the hub repo tiny-org/tiny-sd at COMMIT, a prior."""
+    space = describe_vae(sd_folder / "vae")
+    reg = tmp_path / "sd.yaml"
+    reg.write_text(textwrap.dedent(f"""
+        version: 1
+        models:
+          tiny-sd:
+            plugin: stable_diffusion
+            roles: [prior]
+            source: {{repo: tiny-org/tiny-sd, revision: {COMMIT}}}
+            latent_space: {{channels: 4, scale: {space["scale"]}, downsample: 2, family: {space["family"]}}}
+            schedule: {{beta_schedule: scaled_linear, beta_start: 0.00085, beta_end: 0.012}}
+            resolution: 16
+    """))
+    return reg
+
+
 def test_loads_a_pinned_revision_from_the_cache_offline(tmp_path, monkeypatch, dit_folder):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(fake_cache(tmp_path, dit_folder)))
     pair = priorswap.load_pair("tiny-dit", registry_files=[registry_for(tmp_path, dit_folder)])
@@ -200,19 +218,7 @@ def test_a_stable_diffusion_prior_fetches_its_text_encoder_only_on_a_null_cache_
         return str(snapshot)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
-    space = describe_vae(sd_folder / "vae")
-    reg = tmp_path / "sd.yaml"
-    reg.write_text(textwrap.dedent(f"""
-        version: 1
-        models:
-          tiny-sd:
-            plugin: stable_diffusion
-            roles: [prior]
-            source: {{repo: tiny-org/tiny-sd, revision: {COMMIT}}}
-            latent_space: {{channels: 4, scale: {space["scale"]}, downsample: 2, family: {space["family"]}}}
-            schedule: {{beta_schedule: scaled_linear, beta_start: 0.00085, beta_end: 0.012}}
-            resolution: 16
-    """))
+    reg = tiny_sd_registry(tmp_path, sd_folder)
     first = priorswap.load_pair(str(dit_folder), prior="tiny-sd", registry_files=[str(reg)])
     assert fetched == [["scheduler", "unet"], ["text_encoder", "tokenizer"]]
     fetched.clear()
@@ -331,19 +337,7 @@ def test_an_offline_partly_cached_prior_says_which_folders_to_download(tmp_path,
         (shutil.copytree if (sd_folder / name).is_dir() else shutil.copy)(sd_folder / name, partial / name)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE",
                         str(fake_cache(tmp_path, partial, repo="tiny-org/tiny-sd")))
-    space = describe_vae(sd_folder / "vae")
-    reg = tmp_path / "sd.yaml"
-    reg.write_text(textwrap.dedent(f"""
-        version: 1
-        models:
-          tiny-sd:
-            plugin: stable_diffusion
-            roles: [prior]
-            source: {{repo: tiny-org/tiny-sd, revision: {COMMIT}}}
-            latent_space: {{channels: 4, scale: {space["scale"]}, downsample: 2, family: {space["family"]}}}
-            schedule: {{beta_schedule: scaled_linear, beta_start: 0.00085, beta_end: 0.012}}
-            resolution: 16
-    """))
+    reg = tiny_sd_registry(tmp_path, sd_folder)
     with pytest.raises(WeightsUnavailable) as info:
         priorswap.load_pair(str(dit_folder), prior="tiny-sd", registry_files=[str(reg)], offline=True)
     message = str(info.value)
