@@ -255,9 +255,10 @@ def sample(
     save_latents: Annotated[
         Path | None, typer.Option(help="Write the final latent (one tensor, 'latents') to this .safetensors.")
     ] = None,
-    offline: Annotated[bool, typer.Option(help="Never contact the hub; use cached weights only.")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="Never contact the hub; use cached weights only.")] = False,
     allow_pickle: Annotated[
-        bool, typer.Option(help="Allow pickled .bin weights (loaded with torch.load(weights_only=True)).")
+        bool, typer.Option(
+            "--allow-pickle", help="Allow pickled .bin weights (loaded with torch.load(weights_only=True)).")
     ] = False,
     dtype: Annotated[str, typer.Option(help="Model weights dtype: fp32, fp16 or bf16.")] = "fp32",
     prior_dtype: Annotated[str | None, typer.Option(help="Prior weights dtype (default: --dtype).")] = None,
@@ -266,7 +267,8 @@ def sample(
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, mps (default: cuda if available).")] = None,
     offload: Annotated[
-        bool, typer.Option(help="Keep networks in CPU memory, move each to the device per forward (accelerate).")
+        bool, typer.Option(
+            "--offload", help="Keep networks in CPU memory, move each to the device per forward (accelerate).")
     ] = False,
     registry: RegistryOpt = None,
 ) -> None:
@@ -837,7 +839,8 @@ def info(
 def check_golden(
     folders: Annotated[list[Path], typer.Argument(help="Fixture folder(s) with fixture.json, or folders above them.")],
     skip_missing: Annotated[
-        bool, typer.Option(help="Skip fixtures whose family no installed plugin checks (else they fail).")
+        bool, typer.Option(
+            "--skip-missing", help="Skip fixtures whose family no installed plugin checks (else they fail).")
     ] = False,
 ) -> None:
     """Run reference fixtures through their plugins; print every tensor's deviation; exit 0 only if all pass."""

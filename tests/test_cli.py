@@ -27,13 +27,41 @@ def test_light_commands_do_not_import_torch(args):
     assert proc.returncode == 0, proc.stderr
 
 
-def test_eval_help_fits_80_columns_without_cutting_anything():
-    """At 80 columns no option name and no help text of `eval --help` is cut off with an ellipsis."""
-    proc = subprocess.run([sys.executable, "-m", "priorswap.cli", "eval", "--help"], capture_output=True, text=True,
+@pytest.mark.parametrize(("command", "shown"), [
+    ("eval", ["--samples-per-item", "openai/clip-vit-large-patch14", "--allow-pickle"]),
+    ("sample", ["--image-guidance", "--save-latents", "--allow-pickle", "--offload"]),
+    ("video", ["--end-image", "--video-fps", "--allow-pickle"]),
+])
+def test_help_fits_80_columns_without_cutting_anything(command, shown):
+    """At 80 columns no option name and no help text of `COMMAND --help` is cut off with an ellipsis."""
+    proc = subprocess.run([sys.executable, "-m", "priorswap.cli", command, "--help"], capture_output=True, text=True,
                           timeout=60, env={**os.environ, "COLUMNS": "80", "TERM": "dumb"})
     assert proc.returncode == 0, proc.stderr
-    assert "…" not in proc.stdout and "--samples-per-item" in proc.stdout, proc.stdout
-    assert "openai/clip-vit-large-patch14" in proc.stdout and "--allow-pickle" in proc.stdout
+    assert "…" not in proc.stdout and all(s in proc.stdout for s in shown), proc.stdout
+
+
+
+def test_off_by_default_flags_have_no_negative_twin():
+    """A flag that is off unless given (`--offline`, `--allow-pickle`, `--offload`, ...) is one option, not
+    `--x/--no-x`: the twin says nothing and doubles the width of the help's option column."""
+    import typer
+
+    from priorswap.cli import app
+    from priorswap.plugin_manager import get_plugins
+
+    get_plugins().add_commands(app)  # as main() does
+    root = typer.main.get_command(app)
+    ctx = typer.Context(root)
+    twins = []
+    for name in root.list_commands(ctx):
+        command = root.get_command(ctx, name)
+        commands = [command.get_command(ctx, n) for n in command.list_commands(ctx)] \
+            if hasattr(command, "list_commands") else [command]
+        for sub in commands:
+            twins += [f"{name}: {'/'.join(p.opts + p.secondary_opts)}" for p in sub.params
+                      if getattr(p, "is_flag", False) and p.secondary_opts and not p.default]
+    assert "video" in root.list_commands(ctx)  # plugin commands are checked too
+    assert not twins, twins
 
 
 def test_sample_writes_png_and_latents(tmp_path, capsys, dit_folder, dit_prior_folder):

@@ -106,8 +106,9 @@ def register(cli: typer.Typer) -> None:
         eta: Annotated[float, typer.Option(help="DDIM η, 0 to 1 (the official samplers use 1).")] = 1.0,
         seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
         video_fps: Annotated[int, typer.Option(help="Playback frame rate of the files, 1 to 100.")] = 8,
-        offline: Annotated[bool, typer.Option(help="Never contact the hub; use cached weights only.")] = False,
-        allow_pickle: Annotated[bool, typer.Option(help="Allow pickled weights.")] = False,
+        offline: Annotated[
+            bool, typer.Option("--offline", help="Never contact the hub; use cached weights only.")] = False,
+        allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow pickled weights.")] = False,
         device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... (default: cuda if available).")] = None,
         dtype: Annotated[str, typer.Option(help="Weights dtype of model and prior: fp32, fp16, bf16.")] = "fp32",
         autocast: Annotated[

@@ -70,7 +70,8 @@ def register(cli: typer.Typer) -> None:
         seeds: Annotated[str, typer.Option(help="Seeds, comma-separated.")] = "0,1,2",
         steps: Annotated[int, typer.Option(help="DDIM steps.")] = 25,
         render_only: Annotated[
-            bool, typer.Option(help="Re-render the page from the saved results-toy/results.json, measure nothing.")
+            bool, typer.Option(
+                "--render-only", help="Re-render the page from the saved results-toy/results.json, measure nothing.")
         ] = False,
     ) -> None:
         """Regenerate docs/results-toy.md: every task × {CFG, swap base, swap DiT-v, swap DiT-v without
