@@ -29,12 +29,21 @@ def make_scheduler(kind: str, config: dict) -> Any:
     """A diffusers scheduler from the model's training-scheduler config: DDIM (the paper's), Euler or native."""
     import diffusers
 
+    if kind in ("ddim", "euler") and "FlowMatch" in config.get("_class_name", ""):
+        raise PriorswapError(f"the model is a rectified-flow model ({config['_class_name']}): the {kind} scheduler "
+                             "steps a noise-schedule (VP) model only; sample it with its own scheduler: "
+                             "--scheduler native (Python: scheduler='native'), or set `recommended: {scheduler: "
+                             "native}` in its registry entry")
     if kind == "ddim":
         return diffusers.DDIMScheduler.from_config(config)
     if kind == "euler":
         return diffusers.EulerDiscreteScheduler.from_config(config)
     if kind == "native":
-        return getattr(diffusers, config["_class_name"]).from_config(config)
+        name = config.get("_class_name", "")
+        if not isinstance(getattr(diffusers, name, None), type):
+            raise PriorswapError(f"scheduler 'native' needs the model's scheduler config to name a diffusers scheduler "
+                                 f"class in `_class_name` (got {name!r}); use ddim or euler")
+        return getattr(diffusers, name).from_config(config)
     raise PriorswapError(f"unknown scheduler '{kind}'; choose one of {', '.join(SCHEDULERS)}")
 
 
@@ -101,7 +110,8 @@ class Pair:
             else:
                 same = self.model.denoiser.schedule.same_as(self.prior.denoiser.schedule)
                 adapters = tuple(self.plan.adapters) if self.plan else ()
-                routes["prior"] = Route(self.prior.denoiser, adapters, "same" if same else self.match)
+                routes["prior"] = Route(self.prior.denoiser, adapters, "same" if same else self.match,
+                                        rematch=self.match)
         return MappingProxyType(routes)
 
     def guidance_for(

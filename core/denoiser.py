@@ -106,17 +106,22 @@ class Denoiser(ABC):
         """x̂0 from a noisy sample in the VP frame at σ (the engine's entry point).
 
         `t` overrides the timestep (the model's own scheduler grid); otherwise it is matched
-        from σ on this denoiser's schedule. `as_parameterization` reads the output as another
-        parameterization (only for the naive no-adapter ablation).
+        from σ on this denoiser's schedule: "continuous" interpolates log σ, "nearest" takes the
+        nearest grid timestep and converts the output to x̂0 at that grid point's σ, the noise level
+        the network was told. `as_parameterization` reads the output as another parameterization
+        (only for the naive no-adapter ablation).
         """
         parameterization = as_parameterization or self.parameterization
-        if math.isinf(sigma) and parameterization == "epsilon":
-            sigma_coeff = self.schedule.sigma_max_finite  # x̂0 from ε is undefined at σ = ∞
-        else:
-            sigma_coeff = sigma
         x = convert_frame(x_vp, sigma, "vp", self.frame).to(self.dtype)
+        sigma_out = sigma  # the σ the network is told: its output is converted to x̂0 there
         if t is None:
             t = self.schedule.sigma_to_t(sigma, match)
+            if match == "nearest":  # the grid point's own σ, not the σ it stands in for (DESIGN.md)
+                sigma_out = self.schedule.t_to_sigma(float(t))
+        if math.isinf(sigma_out) and parameterization == "epsilon":
+            sigma_coeff = self.schedule.sigma_max_finite  # x̂0 from ε is undefined at σ = ∞
+        else:
+            sigma_coeff = sigma_out
         if not torch.is_tensor(t):
             t = torch.tensor(float(t), dtype=torch.float32)
         t = t.to(self.device).reshape(-1).expand(x.shape[0])

@@ -26,21 +26,25 @@ class Route:
     """A denoiser plus the adapters that put it in the model's space.
 
     `match` is how the model's σ becomes this denoiser's timestep: "same" passes the scheduler's
-    own timestep (identical schedules), else "continuous" or "nearest" σ-matching. `naive_as`
-    (ablation only) also reads the output as the model's parameterization: no adapters at all.
+    own timestep (identical schedules), else "continuous" or "nearest" σ-matching. "same" holds only
+    while the adapters leave σ alone: where one moves it (a latent-space scale k maps σ to k·σ), the
+    route σ-matches the moved σ with `rematch` instead. `naive_as` (ablation only) passes the model's
+    timestep regardless and reads the output as the model's parameterization: no adapters at all.
     """
 
     denoiser: Denoiser
     adapters: tuple[Adapter, ...] = ()
     match: str = "same"
     naive_as: str | None = None
+    rematch: str = "continuous"
 
     def predict(self, x_vp: torch.Tensor, sigma: float, t: torch.Tensor, cond: Condition) -> torch.Tensor:
         def call(x: torch.Tensor, s: float, c: Condition) -> torch.Tensor:
             c = expand(c, x.shape[0])
-            if self.match == "same":
+            if self.match == "same" and (s == sigma or self.naive_as is not None):
                 return self.denoiser.denoise(x, s, c, t=t, as_parameterization=self.naive_as)
-            match: TimestepMatch = "nearest" if self.match == "nearest" else "continuous"
+            wanted = self.rematch if self.match == "same" else self.match
+            match: TimestepMatch = "nearest" if wanted == "nearest" else "continuous"
             return self.denoiser.denoise(x, s, c, match=match)
 
         inner = call
@@ -157,7 +161,7 @@ class Sampler:
         sched = self.scheduler
         model = self.routes["model"].denoiser
         sched.set_timesteps(steps, device=noise.device)
-        x = noise * sched.init_noise_sigma
+        x = noise * getattr(sched, "init_noise_sigma", 1.0)  # flow schedulers start at unit noise, and lack it
         prediction_type = getattr(sched.config, "prediction_type", None) or "flow"
         timesteps = sched.timesteps
         for i, t in enumerate(timesteps):
