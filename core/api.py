@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from . import checks
 from . import guidance as G
 from .adapters import Plan, plan_pair
 from .engine import Route, Sampler, StepInfo
@@ -64,15 +65,18 @@ class SampleResult:
 
 
 def offload_denoiser(denoiser: Any, device: str) -> None:
-    """Keeps the denoiser's network (`.net`) in CPU memory; accelerate moves it to `device` per forward."""
-    net = getattr(denoiser, "net", None)
-    if net is None:
-        raise PriorswapError(f"{type(denoiser).__name__} has no `.net` module: it cannot be offloaded")
+    """Keeps the denoiser's networks (`offload_modules()`: `.net`, and any other network it calls) in CPU memory;
+    accelerate moves each to `device` for its forward."""
+    modules = denoiser.offload_modules() if hasattr(denoiser, "offload_modules") else []
+    if not modules:
+        raise PriorswapError(f"{type(denoiser).__name__} has no network to offload (no `.net` module and no "
+                             "`offload_modules()`): load it without --offload")
     try:
         from accelerate import cpu_offload
     except ImportError:
         raise PriorswapError("--offload needs accelerate: pip install accelerate") from None
-    cpu_offload(net, execution_device=torch.device(device))
+    for module in modules:
+        cpu_offload(module, execution_device=torch.device(device))
     denoiser.device = torch.device(device)
 
 
@@ -280,6 +284,7 @@ def load_pair(
     """
     if match not in MATCHES:
         raise PriorswapError(f"σ-matching must be one of {', '.join(MATCHES)}, got {match!r}")
+    device = checks.device(device, option="device", allow_meta=True)  # before any weights load
     for role, ref in (("model", model), ("prior", prior)):
         if ref is not None and not isinstance(ref, str | os.PathLike):
             raise PriorswapError(

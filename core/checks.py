@@ -55,24 +55,32 @@ def writable_folder(path: Path, option: str) -> None:
         raise PriorswapError(f"{option} {path}: cannot write in {parent}; choose another place")
 
 
-def device(name: str | None) -> str:
-    """A torch device string that exists here (default: cuda when available, else cpu)."""
+def device(name: str | None, option: str = "--device", allow_meta: bool = False) -> str:
+    """A torch device string that exists here (default: cuda when available, else cpu). `option` names the
+    setting in errors; `meta` (no data: device-placement tests only) is refused unless `allow_meta`."""
     import torch
 
     if name is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise PriorswapError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    except (RuntimeError, ValueError, TypeError):
+        raise PriorswapError(f"{option} {name!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "meta" and not allow_meta:
+        raise PriorswapError(f"{option} meta holds no data and cannot sample; use cpu, cuda, cuda:N or mps")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PriorswapError(f"--device {name}: no CUDA device here (this torch build: {torch.__version__}); "
-                             "use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise PriorswapError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+        raise PriorswapError(f"{option} {name}: no CUDA device here (this torch build: {torch.__version__}); "
+                             f"use {option} cpu")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise PriorswapError(f"--device {name}: MPS is not available here; use --device cpu")
-    return name
+        raise PriorswapError(f"{option} {name}: MPS is not available here; use {option} cpu")
+    backend = getattr(torch, dev.type, None) if dev.type not in ("cpu", "meta", "mps") else None
+    available = getattr(backend, "is_available", None)
+    if dev.type not in ("cpu", "meta", "cuda", "mps") and not (callable(available) and available()):
+        raise PriorswapError(f"{option} {name}: no {dev.type} device here; use {option} cpu, cuda, cuda:N or mps")
+    count = getattr(backend, "device_count", None)
+    if dev.index is not None and callable(count) and dev.index >= count():
+        raise PriorswapError(f"{option} {name}: only {count()} {dev.type} device(s) here")
+    return str(name)
 
 
 def finite(value: float | None, option: str) -> None:

@@ -31,6 +31,16 @@ def dtype_and_device(net: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
     return first.dtype, first.device
 
 
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """Where `module` runs: accelerate's execution device when it is offloaded (its parameters then wait on
+    the `meta` placeholder between calls), else where its parameters and buffers are."""
+    for sub in module.modules():
+        device = getattr(getattr(sub, "_hf_hook", None), "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    return dtype_and_device(module)[1]
+
+
 class Denoiser(ABC):
     """Wraps one network. Subclasses set the attributes and implement `forward` and `null_condition`.
 
@@ -85,6 +95,13 @@ class Denoiser(ABC):
         projections of every diffusers cross-attention in `self.net`. Override to add a network's own
         (a caption projection), or return [] to turn reuse off."""
         return cross_attention_projections(getattr(self, "net", None))
+
+    def offload_modules(self) -> list[torch.nn.Module]:
+        """The networks `load_pair(offload=True)` keeps in CPU memory and moves to the device for each call
+        (accelerate's cpu_offload). Default: `self.net`. Override to add a network the denoiser calls on
+        the device itself (DynamiCrafter's image projection)."""
+        net = getattr(self, "net", None)
+        return [net] if isinstance(net, torch.nn.Module) else []
 
     @property
     def frame(self) -> str:

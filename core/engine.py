@@ -160,7 +160,7 @@ class Sampler:
     ) -> torch.Tensor:
         sched = self.scheduler
         model = self.routes["model"].denoiser
-        sched.set_timesteps(steps, device=noise.device)
+        sched.set_timesteps(steps, device="cpu")  # read on the host each step: no device sync per float(t)
         x = noise * getattr(sched, "init_noise_sigma", 1.0)  # flow schedulers start at unit noise, and lack it
         prediction_type = getattr(sched.config, "prediction_type", None) or "flow"
         timesteps = sched.timesteps

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from .configs import read_json
+from .denoiser import execution_device
 from .hub import load_component
 from .latents import LatentSpace
 
@@ -67,6 +68,6 @@ class VaeDecoder:
         """Latents of images in [-1, 1], (B, 3, H, W): the posterior mode (its mean), or a sample when
         `generator` is given. `scaled`: in model space ((z − shift)·scale); else the raw VAE latent,
         as InstructPix2Pix and Zero-1-to-3 feed their concat channels."""
-        dist = self.vae.encode(images.to(self.vae.device, self.vae.dtype)).latent_dist
+        dist = self.vae.encode(images.to(execution_device(self.vae), self.vae.dtype)).latent_dist
         z = dist.sample(generator) if generator is not None else dist.mode()
         return (z - self.space.shift) * self.space.scale if scaled else z

@@ -164,6 +164,10 @@ class DynamiCrafterDenoiser(LvdmDenoiser):
         self.interpolation = bool(lvdm.get("interpolation", False))
         self._vision = None
 
+    def offload_modules(self) -> list[torch.nn.Module]:
+        """The UNet and the image projection, which runs on the device in `encode_image_tokens`."""
+        return [self.net, self.image_proj]
+
     def _image_encoder(self):
         if self._vision is None:
             from transformers import CLIPVisionModelWithProjection

@@ -15,6 +15,7 @@ import torch
 
 from priorswap import Denoiser, DiscreteSchedule, LoadRequest, PriorswapError
 from priorswap.configs import read_json
+from priorswap.denoiser import execution_device
 from priorswap.hub import PICKLE_SUFFIXES, load_component, load_state_dict
 from priorswap.vae import VaeDecoder, describe_vae
 
@@ -35,7 +36,10 @@ class Conditioner:
 
     @property
     def device(self) -> torch.device:
-        return self.cc_projection.weight.device
+        return execution_device(self.cc_projection)
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.image_encoder, self.cc_projection, self.vae.vae]
 
     @property
     def dtype(self) -> torch.dtype:
@@ -57,6 +61,10 @@ class Zero123Denoiser(Denoiser):
         self.context_dim = int(unet.config.cross_attention_dim)
         self.dtype = unet.dtype
         self.device = unet.device
+
+    def offload_modules(self) -> list[torch.nn.Module]:
+        """The UNet and the conditioner's networks (CLIP image encoder, camera projection, VAE)."""
+        return [self.net, *self.conditioner.modules()]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         sample = torch.cat([x, cond["image_latents"].to(x.dtype)], dim=1)
