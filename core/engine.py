@@ -79,6 +79,9 @@ class Sampler:
     scheduler: object
     forward_calls: dict[str, int] = field(default_factory=dict)
     """Forward passes per route, keyed by the roles it served ("model", "prior", "model+prior")."""
+    _batched: dict[tuple, Condition] | None = field(default=None, init=False, repr=False)
+    """During `run`, the concatenated conditions of each route's branches, built once: the same tensors every
+    step let condition reuse recognise them by identity (no value comparison, no device sync)."""
 
     def __post_init__(self) -> None:
         model = self.routes["model"].denoiser
@@ -108,8 +111,13 @@ class Sampler:
         preds: dict[Branch, torch.Tensor] = {}
         for route, branches in groups.values():
             batch = x_vp.shape[0]
-            conds = [expand(self.conditions[b], batch) for b in branches]
-            x0 = route.predict(x_vp.repeat(len(branches), *[1] * (x_vp.ndim - 1)), sigma, t, concat(conds))
+            key = (id(route), tuple(branches), batch)
+            cond = None if self._batched is None else self._batched.get(key)
+            if cond is None:
+                cond = concat([expand(self.conditions[b], batch) for b in branches])
+                if self._batched is not None:
+                    self._batched[key] = cond
+            x0 = route.predict(x_vp.repeat(len(branches), *[1] * (x_vp.ndim - 1)), sigma, t, cond)
             label = "+".join(sorted({role for role, _ in branches}))
             self.forward_calls[label] = self.forward_calls.get(label, 0) + 1
             preds.update(zip(branches, x0.chunk(len(branches)), strict=True))
@@ -147,8 +155,12 @@ class Sampler:
         if eta and type(sched).__name__ != "DDIMScheduler":
             raise PriorswapError(f"eta={eta:g} needs the DDIM scheduler (got {type(sched).__name__})")
         denoisers = {id(r.denoiser): r.denoiser for r in self.routes.values()}.values()
-        with reusing(m for d in denoisers for m in d.condition_modules()):
-            return self._run(noise, steps, callback, eta, generator)
+        self._batched = {}
+        try:
+            with reusing(m for d in denoisers for m in d.condition_modules()):
+                return self._run(noise, steps, callback, eta, generator)
+        finally:
+            self._batched = None
 
     def _run(
         self,

@@ -158,6 +158,18 @@ def test_dual_cfg_reuses_the_models_concatenated_conditions(tmp_path):
     torch.testing.assert_close(reused.latents, plain.sample(**args).latents, rtol=0, atol=1e-6)
 
 
+def test_later_steps_recognise_the_conditions_without_comparing_values(dit_folder, sd_folder, monkeypatch):
+    """The engine builds each route's concatenated conditions once per run, so reuse finds them by identity:
+    comparing values (`torch.equal`) waits for the device on a GPU, once per projection and step."""
+    pair = priorswap.load_pair(str(dit_folder), prior=str(sd_folder))
+    compared = []
+    equal = torch.equal
+    monkeypatch.setattr(torch, "equal", lambda a, b: compared.append(a.shape) or equal(a, b))
+    for guidance in ("cfg", "prior-swap"):
+        pair.sample(class_label=[2, 5], guidance=guidance, scale=2.0, steps=4, seed=0, decode=False)
+    assert compared == []
+
+
 def test_pixart_also_reuses_its_caption_projection(tmp_path, dit_folder):
     from test_pixart import make_pixart_folder
 
