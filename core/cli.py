@@ -298,6 +298,8 @@ def sample(
     check_sampling_options(method, guidance, image_guidance, rescale, steps, eta, match, scheduler)
     mixed = parse_autocast(autocast)
     device = checks.device(device)
+    if prior_dtype is not None and prior is None:
+        raise PriorswapError("--prior-dtype needs --prior (without a prior, --dtype sets the model's weights)")
 
     import torch
 

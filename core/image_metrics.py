@@ -171,7 +171,7 @@ class Lpips:
         if short < LPIPS_MIN_SIZE:
             size = tuple(round(s * LPIPS_MIN_SIZE / short) for s in p.shape[-2:])
             p, t = (F.interpolate(x, size, mode="bilinear", align_corners=False).clamp(0, 1) for x in (p, t))
-        return self.net(p, t).double().cpu().numpy().reshape(-1)
+        return self.net(p, t).cpu().double().numpy().reshape(-1)  # float64 on the host: MPS has none
 
 
 # ---- Inception features for FID -------------------------------------------------------------------------
@@ -191,7 +191,7 @@ class InceptionFeatures:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> np.ndarray:
         pixels = (images.float().clamp(0, 1) * 255).round().to(self.device)
-        return self.net(pixels).double().cpu().numpy().reshape(len(images), -1)
+        return self.net(pixels).cpu().double().numpy().reshape(len(images), -1)
 
 
 # ---- CLIP -------------------------------------------------------------------------------------------------

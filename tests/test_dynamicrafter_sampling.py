@@ -954,3 +954,32 @@ def test_video_refuses_image_models_and_unwritable_outputs_before_loading(folder
         code, _, stderr = run_cli(capsys, "video", "--model", str(folders["dc512"]), "--image",
                                   str(folders["image"]), "--prompt", "a cat", "--out", str(out))
         assert code == 2 and calls and calls[0]["device"] == device, stderr
+
+
+def test_a_video_prior_drops_its_text_encoder_after_encoding_the_empty_prompt(folders, tmp_path, monkeypatch):
+    """VideoCrafter as a prior needs its CLIP text encoder for "" only, once (then cached on disk): it kept it
+    loaded (on the GPU, for the whole session). The model keeps its own for the prompts."""
+    monkeypatch.setenv("PRIORSWAP_CACHE", str(tmp_path / "cold-cache"))
+    pair = load_pair(str(folders["dc512"]), prior=str(folders["vc2"]))
+    pair.sample({"image": folders["image"], "prompt": "a cat"}, steps=1, seed=0, decode=False)
+    prior, model = pair.prior.denoiser, pair.model.denoiser
+    assert prior._text is not None and prior._text._parts is None  # it was loaded, then released
+    assert model._text is not None and model._text._parts is not None
+
+
+def test_video_takes_a_prior_dtype_and_offload(folders, tmp_path, capsys):
+    from clihelp import run_cli
+
+    from priorswap.provenance import read_record
+
+    out = tmp_path / "clip.mp4"
+    code, _, stderr = run_cli(
+        capsys, "video", "--model", str(folders["dc512"]), "--prior", str(folders["vc2"]), "--image",
+        str(folders["image"]), "--prompt", "a cat", "--steps", "1", "--prior-dtype", "bf16", "--offload",
+        "--device", "cpu", "--out", str(out))
+    assert code == 0, stderr
+    record = read_record(out)
+    assert record["model"]["dtype"] == "float32" and record["prior"]["dtype"] == "bfloat16"
+    code, _, stderr = run_cli(capsys, "video", "--model", str(folders["dc512"]), "--image", str(folders["image"]),
+                              "--prompt", "a cat", "--prior-dtype", "bf16", "--out", str(tmp_path / "n.mp4"))
+    assert code == 2 and "--prior-dtype needs --prior" in stderr and not (tmp_path / "n.mp4").exists()

@@ -110,7 +110,11 @@ def register(cli: typer.Typer) -> None:
             bool, typer.Option("--offline", help="Never contact the hub; use cached weights only.")] = False,
         allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow pickled weights.")] = False,
         device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... (default: cuda if available).")] = None,
-        dtype: Annotated[str, typer.Option(help="Weights dtype of model and prior: fp32, fp16, bf16.")] = "fp32",
+        dtype: Annotated[str, typer.Option(help="Model weights dtype: fp32, fp16, bf16.")] = "fp32",
+        prior_dtype: Annotated[str | None, typer.Option(help="Prior weights dtype (default: --dtype).")] = None,
+        offload: Annotated[bool, typer.Option(
+            "--offload", help="Keep networks in CPU memory, move each to the device per forward (accelerate).")
+        ] = False,
         autocast: Annotated[
             str | None, typer.Option(help="Run the networks under torch.autocast in fp16/bf16 (as the official "
                                      "scripts on GPU); weights keep --dtype.")
@@ -139,6 +143,9 @@ def register(cli: typer.Typer) -> None:
         check_sampling_options(method, guidance, image_guidance, rescale, steps, eta, "continuous", None)
         mixed = parse_autocast(autocast)
         weights = parse_dtype(dtype, "--dtype")
+        prior_weights = parse_dtype(prior_dtype, "--prior-dtype") if prior_dtype else None
+        if prior_weights is not None and prior is None:
+            raise PriorswapError("--prior-dtype needs --prior (without a prior, --dtype sets the model's weights)")
         device = checks.device(device)
         task_cls, entry = video_task(model, allow_pickle, registry)
         values = {"prompt": prompt, "frames": frames, "fs": fs, "image": image, "end_image": end_image,
@@ -155,7 +162,8 @@ def register(cli: typer.Typer) -> None:
 
         quiet_transformers()
         pair = load_pair(model, prior, registry_files=registry or [], offline=offline or None,
-                         allow_pickle=allow_pickle, device=device, dtype=weights)
+                         allow_pickle=allow_pickle, device=device, dtype=weights, prior_dtype=prior_weights,
+                         offload=offload)
         check_options_for_weights(pair, steps, eta, None)
         phi = pair.model.denoiser.lvdm.get("guidance_rescale", 0.0) if rescale is None else rescale
         rule = pair.guidance_for(method, guidance, image_guidance).with_options(rescale=phi)

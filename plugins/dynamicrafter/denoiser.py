@@ -56,9 +56,12 @@ def load_module(cls: type, folder: Path, name: str, dtype: torch.dtype | None) -
     weights = folder / name / "model.safetensors"
     if not weights.is_file():
         raise WeightsUnavailable(f"{weights} does not exist; convert the released checkpoint with convert.save_folder")
-    module = cls(**{k: v for k, v in config.items() if not k.startswith("_")})
-    module.load_state_dict(load_file(weights))
-    return module.to(dtype) if dtype is not None else module
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):  # no random init of weights about to be replaced
+        module = cls(**{k: v for k, v in config.items() if not k.startswith("_")})
+    module.load_state_dict(load_file(weights), assign=True)  # the file's tensors, in the file's dtype
+    return module.to(dtype or torch.get_default_dtype())
 
 
 class LvdmDenoiser(Denoiser):
@@ -144,6 +147,8 @@ class LvdmDenoiser(Denoiser):
         if self._empty is None:
             key = f"text:{self.lvdm.get('text_layer', 'penultimate')}:{str(self.dtype).removeprefix('torch.')}"
             self._empty = cached_null(self.folder, key, lambda: self.encode_prompts([""]))
+            if self.request.role != "model" and self._text is not None:
+                self._text.release()  # a prior needs its text encoder for "" only (autoguidance loads it again)
         return self._empty.to(self.device, self.dtype)
 
     def null_condition(self) -> dict:
