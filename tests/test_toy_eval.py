@@ -61,15 +61,17 @@ def test_eval_cli_writes_json_markdown_and_plot(tmp_path, capsys):
     [
         (["--dtype", "bf16"], "--dtype bf16: the toy plugin's built-in evaluator"),
         (["--dtype", "fp16", "--registry", "extra.yaml"], "--dtype fp16, --registry extra.yaml: the toy plugin's"),
-        (["--device", "meta"], "--device meta: the toy plugin's built-in evaluator (eval without --data) samples the "
-                               "shipped toy models in float32 on the CPU"),
+        (["--device", "cuda:0"], "--device cuda:0: the toy plugin's built-in evaluator (eval without --data) samples "
+                                 "the shipped toy models in float32 on the CPU"),
     ],
 )
 def test_the_builtin_evaluator_refuses_loading_options_it_cannot_honour(tmp_path, capsys, monkeypatch, args,
                                                                         message):
+    from priorswap import checks
     from priorswap.plugins.toy import evaluate as toy_evaluate
 
     monkeypatch.setattr(toy_evaluate, "evaluate", lambda *a, **k: pytest.fail("sampled despite the option"))
+    monkeypatch.setattr(checks, "device", lambda name, *a, **k: name)  # as if this machine had a GPU
     monkeypatch.chdir(tmp_path)
     (tmp_path / "extra.yaml").write_text("models: {}\n")
     code, _, err = run_cli(capsys, "eval", "--model", "toy-digits-view", "--steps", "2", "--samples", "3", *args)
