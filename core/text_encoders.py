@@ -44,7 +44,8 @@ class ClipTextEncoder:
             tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
             encoder = load_component(CLIPTextModel, folder, "text_encoder", allow_pickle=self.allow_pickle,
                                      dtype=self.dtype)
-            self._parts = (tokenizer, encoder.to(self.device).eval().requires_grad_(False))
+            device = self.device() if callable(self.device) else self.device
+            self._parts = (tokenizer, encoder.to(device).eval().requires_grad_(False))
         return self._parts
 
     @torch.no_grad()

@@ -56,7 +56,18 @@ def test_a_pair_samples_on_another_device(name, offload, folders):
     # the null-condition cache on disk is filled from real values: once on the CPU (meta has no data to store)
     priorswap.load_pair(*refs).sample(inputs, steps=1, decode=False)
     pair = priorswap.load_pair(*refs, device="meta", offload=offload)
-    result = pair.sample(inputs, steps=2, seed=0, eta=1.0, num_samples=2)
+    on_cpu: set[str] = set()
+
+    def note_cpu_weights(module, args):  # every network runs on the device: none computes with CPU weights
+        if any(p.device.type == "cpu" for p in module.parameters(recurse=False)):
+            on_cpu.add(type(module).__name__)
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(note_cpu_weights)
+    try:
+        result = pair.sample(inputs, steps=2, seed=0, eta=1.0, num_samples=2)
+    finally:
+        hook.remove()
+    assert not on_cpu, f"ran on the CPU: {sorted(on_cpu)}"
     assert result.latents.device.type == "meta"
     assert result.images is not None and result.images.device.type == "meta"
     if offload:  # every network a denoiser calls is under accelerate's hook, which moves it per call

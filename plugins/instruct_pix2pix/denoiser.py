@@ -35,7 +35,7 @@ class InstructPix2PixDenoiser(Denoiser):
         config = {"clip_sample": False, "set_alpha_to_one": False, **scheduler_config}
         self.init_discrete(unet, config, request)
         self.text = ClipTextEncoder(self.folder, allow_pickle=request.allow_pickle, dtype=unet.dtype,
-                                    device=unet.device)
+                                    device=lambda: self.device)  # where the UNet runs when it loads (offload too)
         self._empty: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:

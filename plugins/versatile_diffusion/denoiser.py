@@ -18,6 +18,7 @@ import torch
 
 from priorswap import Denoiser, LoadRequest, PriorswapError
 from priorswap.configs import read_json
+from priorswap.denoiser import execution_device
 from priorswap.errors import WeightsUnavailable
 from priorswap.hub import folders_on_demand, load_component
 from priorswap.nullcache import cached_null
@@ -73,7 +74,7 @@ class ImageEncoder:
         """(B, tokens, D) for a list of PIL images (or arrays): processor → encoder → post-layernorm →
         projection → divided by the norm of the projected class token, in the encoder's dtype."""
         processor, encoder = self.parts()
-        pixels = processor(images=images, return_tensors="pt").pixel_values.to(encoder.device, encoder.dtype)
+        pixels = processor(images=images, return_tensors="pt").pixel_values.to(execution_device(encoder), encoder.dtype)
         hidden = encoder(pixels).last_hidden_state
         tokens = encoder.visual_projection(encoder.vision_model.post_layernorm(hidden))
         return tokens / tokens[:, :1].norm(dim=-1, keepdim=True)
@@ -93,6 +94,11 @@ class VersatileDiffusionDenoiser(Denoiser):
         self.encoder = encoder
         self.null_embedding = null.to(unet.device, unet.dtype)
         self.allow_pickle = request.allow_pickle
+
+    def offload_modules(self) -> list[torch.nn.Module]:
+        """The UNet, and the CLIP image encoder when loaded (a model's, which encodes every source image)."""
+        loaded = self.encoder._parts
+        return [self.net, *([loaded[1]] if loaded is not None else [])]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         return self.net(x, t, encoder_hidden_states=cond["encoder_hidden_states"]).sample
