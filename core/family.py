@@ -70,5 +70,9 @@ class Family:
     pipeline_classes: tuple[str, ...] = ()
     default_task: str | None = None
     folders: dict[str, list[str]] = field(default_factory=dict)
+    on_demand: dict[str, list[str]] = field(default_factory=dict)
+    """Per role, the folders fetched later only when needed (a prior's text encoder, until its null
+    condition is cached): an offline "not in the cache" message names them too, so that one download
+    covers the first run."""
     convert: Callable[..., Any] | str | None = None
     describe_checkpoint: Callable[[set[str]], list[dict]] | str | None = None

@@ -170,9 +170,15 @@ def load(
         else:
             folder = fetch(entry.source, folders, offline=offline, allow_pickle=allow_pickle)
     except PriorswapError as e:
-        if resolved.file is None:  # a local folder or checkpoint: the message names it already
+        message = str(e)
+        later = [f for f in family.on_demand.get(role, []) if f not in (folders or [])]
+        if later and isinstance(e, WeightsUnavailable) and entry.source.repo is not None and is_offline(offline):
+            includes = " ".join(f"--include '{f}/*'" for f in later)
+            message += (f" Until its null condition is cached (the first run), the {role} also needs "
+                        f"{', '.join(f + '/' for f in later)}: add {includes} to that download.")
+        if resolved.file is None and message == str(e):  # a local folder or checkpoint: the message names it
             raise
-        raise _named(e, f"{resolved.what()}: {e}") from e
+        raise _named(e, message if resolved.file is None else f"{resolved.what()}: {message}") from e
     request = LoadRequest(
         folder=folder,
         entry=entry,

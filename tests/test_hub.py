@@ -345,6 +345,21 @@ def test_an_offline_partly_cached_prior_says_which_folders_to_download(tmp_path,
     assert command in message and "lacks text_encoder/, tokenizer/" in message and "offline" in message
 
 
+def test_an_offline_uncached_prior_names_the_folders_its_first_run_also_needs(tmp_path, monkeypatch, dit_folder,
+                                                                              sd_folder):
+    """Nothing cached: the message gives the UNet's download and says the text encoder is needed until the null
+    condition is cached, so that one download covers the first run (it took two round trips)."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    reg = tiny_sd_registry(tmp_path, sd_folder)
+    with pytest.raises(WeightsUnavailable) as info:
+        priorswap.load_pair(str(dit_folder), prior="tiny-sd", registry_files=[str(reg)], offline=True)
+    message = " ".join(str(info.value).split())
+    assert f"hf download tiny-org/tiny-sd --include 'unet/*' --include 'scheduler/*' --revision {COMMIT}" in message
+    assert ("Until its null condition is cached (the first run), the prior also needs text_encoder/, tokenizer/: add "
+            "--include 'text_encoder/*' --include 'tokenizer/*' to that download.") in message
+    assert message.startswith("the registry entry 'tiny-sd'")
+
+
 def test_a_bin_only_vae_decodes_with_allow_pickle(tmp_path, dit_folder):
     """The DiT task loads the folder's VAE under the model's own opt-in (`allow_pickle`)."""
     from safetensors.torch import load_file

@@ -45,6 +45,7 @@ def register_denoisers(register):
                 "model": ["unet", "scheduler", "text_encoder", "tokenizer", "vae"],
                 "prior": ["unet", "scheduler"],
             },
+            on_demand={"prior": ["text_encoder", "tokenizer"]},
         )
     )
 

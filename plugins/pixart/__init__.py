@@ -21,6 +21,7 @@ def register_denoisers(register):
             pipeline_classes=("PixArtAlphaPipeline",),
             # text_encoder/ and tokenizer/ are fetched by the loader only when the null condition is not cached
             folders={"prior": ["transformer", "scheduler"]},
+            on_demand={"prior": ["text_encoder", "tokenizer"]},
         )
     )
 

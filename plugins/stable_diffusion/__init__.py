@@ -16,5 +16,6 @@ def register_denoisers(register):
             pipeline_classes=("StableDiffusionPipeline",),
             # text_encoder/ and tokenizer/ are fetched only when the null condition is not cached yet
             folders={"prior": ["unet", "scheduler"]},
+            on_demand={"prior": ["text_encoder", "tokenizer"]},
         )
     )

@@ -27,6 +27,7 @@ def register_denoisers(register):
             pipeline_classes=("VersatileDiffusionImageVariationPipeline", "VersatileDiffusionPipeline"),
             default_task="image-variation",
             folders={"model": MODEL_FOLDERS, "prior": PRIOR_FOLDERS},
+            on_demand={"prior": ["image_encoder", "image_feature_extractor"]},
         )
     )
 
