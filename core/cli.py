@@ -335,7 +335,7 @@ def sample(
     command = command_line()
     latents, images, names, records = [], [], [], []
     for s in seed_list:
-        label = f"{rule.name} γ={rule.terms[0].weight:g}" + (f" seed {s}" if len(seed_list) > 1 else "")
+        label = rule_text(rule) + (f" seed {s}" if len(seed_list) > 1 else "")
         with progress_callback(n_steps, label, err) as callback:
             result = pair.sample(inputs, guidance=rule, steps=n_steps, seed=s, scheduler=scheduler,
                                  callback=callback, decode=decode, num_samples=num_samples, eta=eta,

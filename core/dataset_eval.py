@@ -612,7 +612,7 @@ def _sample_variant(request: EvalRequest, variant: Variant, items: list[Item], m
     records, first = [], {}
     for gamma in request.guidance or [rec.guidance]:
         rule = pair.guidance_for(variant.method(dual), gamma, image_scale)
-        column = f"{variant.label} γ={gamma:g}"
+        column = f"{variant.label} " + (f"γT={gamma:g} γI={image_scale:g}" if dual else f"γ={gamma:g}")
         grid.columns.append(column)
         tally = Tally()
         for seed in seeds:
@@ -629,7 +629,8 @@ def _sample_variant(request: EvalRequest, variant: Variant, items: list[Item], m
                 progress.advance(bar)
         records.append({
             "prior": variant.prior or "none", "method": variant.label, "rule": rule.name,
-            "adapters": variant.adapters, "guidance": gamma, "image_guidance": image_scale,
+            "adapters": variant.adapters, "inserted": pair.plan.lines() if pair.plan is not None else [],
+            "guidance": gamma, "image_guidance": image_scale,
             "metrics": summarise(measurer, tally),
         })
     return records, first
@@ -704,6 +705,10 @@ def run(request: EvalRequest) -> dict:
                             request.allow_pickle, task_cls.image_background)
     for name, reason in measurer.skipped.items():
         err.print(f"[yellow]skipped {name}:[/] {reason}", highlight=False)
+    if not measurer.active:  # before any weights load: hours of sampling would measure nothing
+        raise PriorswapError(f"none of the metrics ({', '.join(measurer.declared)}) can be measured here (reasons "
+                             "above): make their weights available, or choose others with --metrics; nothing was "
+                             "sampled")
     coverage = coverage_warnings(measurer, len(items))
     for line in coverage:
         err.print(f"[yellow]warning:[/] {line}", highlight=False)
@@ -726,6 +731,7 @@ def run(request: EvalRequest) -> dict:
         "items": len(items), "item_ids": [i.id for i in items], "seeds": seeds,
         "samples_per_item": request.samples_per_item, "steps": first["steps"], "scheduler": first["scheduler"],
         "eta": first["eta"], "dtype": (first["model"] or {}).get("dtype"), "device": first["device"],
+        "resolution": (first["model"] or {}).get("resolution"),
         "priorswap": __version__, "torch": torch.__version__, "bootstrap_resamples": N_BOOT,
         "bootstrap_resamples_set": N_BOOT_SET,
         "clip": (request.clip or M.DEFAULT_CLIP) if measurer.clip is not None else None,

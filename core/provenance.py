@@ -38,7 +38,7 @@ def _role(loaded: Any, plugins: Any) -> dict[str, Any] | None:
     entry = loaded.resolved.entry
     source = entry.source.model_dump(mode="json", exclude_defaults=True)
     return {"id": loaded.id, "source": source, "dtype": str(loaded.denoiser.dtype).removeprefix("torch."),
-            "plugin": plugins.provider(entry.plugin)}
+            "resolution": getattr(loaded.denoiser, "resolution", None), "plugin": plugins.provider(entry.plugin)}
 
 
 def formula(terms: list[tuple[float, str, str]]) -> str:

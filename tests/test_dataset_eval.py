@@ -376,6 +376,7 @@ def test_instruct_pix2pix_dataset_eval(tmp_path, capsys, ip2p_folder, clip_folde
     assert code == 0, err
     (record,) = read_results(out)["records"]
     assert record["method"] == "cfg" and record["rule"] == "dual-cfg" and record["image_guidance"] == 1.5
+    assert read_results(out)["grid_columns"] == ["input", "cfg γT=3 γI=1.5"]  # both scales label a dual column
     metrics = record["metrics"]
     assert set(metrics) == {"clip-image", "clip-text", "clip-direction"}
     for metric in metrics.values():
@@ -384,19 +385,23 @@ def test_instruct_pix2pix_dataset_eval(tmp_path, capsys, ip2p_folder, clip_folde
     assert metrics["clip-direction"]["n"] == 1 and metrics["clip-direction"]["items"] == 1  # captions: item 1 only
 
 
-def test_missing_clip_weights_skip_the_clip_metrics_only(tmp_path, capsys, ip2p_folder):
+def test_with_every_metric_skipped_eval_stops_before_sampling(tmp_path, capsys, ip2p_folder, monkeypatch):
+    """Missing CLIP weights skip the three CLIP metrics, each with the reason; with none left, the run stops (exit 2)
+    before loading the model: it sampled 4 variants × 100 steps to measure nothing."""
+    import priorswap.api
+
     write_png(tmp_path / "data" / "a.png", 30)
     data = write_items(tmp_path / "data", [{"image": "a.png", "prompt": "a dog", "caption_in": "a cat",
                                             "caption_out": "a dog"}])
     out = tmp_path / "eval"
+    monkeypatch.setattr(priorswap.api, "load_pair", lambda *a, **k: pytest.fail("loaded a model to measure nothing"))
     code, _, err = run_cli(capsys, "eval", "--model", str(ip2p_folder), "--data", str(data), "--steps", "1",
                            "--clip", "nobody/no-such-clip", "--out", str(out))
-    assert code == 0, err
-    results = read_results(out)
-    assert set(results["skipped"]) == {"clip-image", "clip-text", "clip-direction"}
-    assert all("nobody/no-such-clip" in reason for reason in results["skipped"].values())
-    assert results["records"][0]["metrics"] == {} and results["clip"] is None
-    assert (out / "samples.png").is_file() and "nobody/no-such-clip" in " ".join(err.split())
+    text = " ".join(err.split())
+    assert code == 2 and not out.exists()
+    assert all(f"skipped {name}:" in text for name in ("clip-image", "clip-text", "clip-direction"))
+    assert "nobody/no-such-clip" in text and "none of the metrics (clip-image, clip-text, clip-direction) can be " \
+        "measured here" in text and "nothing was sampled" in text
 
 
 @pytest.mark.parametrize(

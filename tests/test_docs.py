@@ -75,3 +75,18 @@ def test_documented_commands_use_real_options(page):
             known |= task_options
         used = {a.split("=")[0] for a in argv[1:] if a.startswith("--")}
         assert used <= known, f"{page}: `priorswap {' '.join(argv)}` uses unknown {sorted(used - known)}"
+
+
+def test_the_pairs_example_in_cli_md_is_the_real_output():
+    """docs/cli.md shows `priorswap pairs` output as the command prints it at 100 columns."""
+    import os
+    import subprocess
+    import sys
+
+    text = (ROOT / "docs" / "cli.md").read_text()
+    command = "priorswap pairs toy-digits-class --prior toy-digits-dit-v"
+    block = text.split(f"$ {command}\n", 1)[1].split("```", 1)[0]
+    proc = subprocess.run([sys.executable, "-m", "priorswap.cli", *command.split()[1:]], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "COLUMNS": "100", "TERM": "dumb"})
+    assert proc.returncode == 0, proc.stderr
+    assert [line.rstrip() for line in proc.stdout.splitlines()] == [line.rstrip() for line in block.splitlines()]
