@@ -44,9 +44,11 @@ def load_metric_weights(spec: MetricWeights, *, offline: bool, allow_pickle: boo
     file = torch_hub_checkpoints() / spec.filename
     if not file.is_file():
         if offline:
+            then = "" if allow_pickle else (", then run with --allow-pickle (it is a pickle: read once with "
+                                            "torch.load(weights_only=True) and kept as safetensors)")
             raise MetricUnavailable(
                 f"{spec.what}: {spec.filename} is not in the torch hub cache ({file.parent}) and offline mode is "
-                f"on; download {spec.url} there"
+                f"on; download {spec.url} there{then}"
             )
         if not allow_pickle:
             raise MetricUnavailable(

@@ -282,6 +282,7 @@ def test_zero123_dataset_eval(tmp_path, capsys, zero123_folder, zero123_data, sd
             assert metric["n"] == 2 * 2 * 2 and metric["items"] == 2  # items × seeds × samples per item
     # LPIPS's weights are not in the (test's empty) torch hub cache and the hub is offline: skipped, saying why
     assert "alexnet-owt-7be5be79.pth" in results["skipped"]["lpips"] and "offline" in results["skipped"]["lpips"]
+    assert "then run with --allow-pickle" in results["skipped"]["lpips"]  # the next step too, in one message
     # the recorded PSNR is the output's against its own target: recompute one sample independently
     pair = priorswap.load_pair(str(zero123_folder))
     images = pair.sample(image=zero123_data / "obj2/src.png", azimuth=90, polar=-10, guidance="cfg", scale=2.0,
