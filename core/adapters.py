@@ -117,19 +117,22 @@ def affine_bridge(model: LatentSpace, prior: LatentSpace) -> Adapter | None:
 
 @dataclass
 class Plan:
-    """The adapters a pair needs, in call order, and a line per adapter for the user."""
+    """The adapters a pair needs, in call order, and a line per adapter for the user. `conversions` are the
+    σ-matching and parameterization lines, which the adapter ablation (`adapters=False`) leaves out."""
 
     prior: str
     adapters: list[Adapter] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     reason: str | None = None
+    conversions: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.reason is None
 
-    def lines(self) -> list[str]:
-        return [a.describe() for a in self.adapters] + self.notes
+    def lines(self, ablated: bool = False) -> list[str]:
+        """What the route does to the prior, one line each; `ablated`: without σ-matching and conversion."""
+        return [a.describe() for a in self.adapters] + ([] if ablated else self.conversions) + self.notes
 
 
 def plan_pair(
@@ -175,9 +178,9 @@ def plan_pair(
         plan.adapters.append(Resample(prior.latent_size))
 
     if model.schedule_key != prior.schedule_key:
-        plan.notes.append(f"σ-matching ({match}): model's {model.schedule_key} → prior's {prior.schedule_key}")
+        plan.conversions.append(f"σ-matching ({match}): model's {model.schedule_key} → prior's {prior.schedule_key}")
     if model.parameterization != prior.parameterization:
-        plan.notes.append(
+        plan.conversions.append(
             f"parameterization: prior's {prior.parameterization} → x̂0 → model's {model.parameterization}")
     if prior.learned_sigma:
         plan.notes.append("learned-variance channels of the prior dropped")

@@ -118,6 +118,14 @@ class Pair:
                                         rematch=self.match)
         return MappingProxyType(routes)
 
+    @property
+    def inserted(self) -> list[str]:
+        """What the prior's route does, one line each as `priorswap pairs` shows it (without σ-matching and
+        parameterization conversion when the adapters are ablated); [] without a prior."""
+        if self.plan is None or self.prior is None or self.prior.denoiser is self.model.denoiser:
+            return []
+        return self.plan.lines(ablated=not self.adapters)
+
     def guidance_for(
         self, method: str | None, scale: float | None, image_scale: float | None = None
     ) -> G.Guidance:

@@ -57,30 +57,36 @@ def writable_folder(path: Path, option: str) -> None:
 
 def device(name: str | None, option: str = "--device", allow_meta: bool = False) -> str:
     """A torch device string that exists here (default: cuda when available, else cpu). `option` names the
-    setting in errors; `meta` (no data: device-placement tests only) is refused unless `allow_meta`."""
+    setting in errors, as a CLI option (`--device`) or a Python keyword (`device`); `meta` (no data: device-
+    placement tests only) is refused unless `allow_meta`."""
     import torch
+
+    def said(value: str) -> str:  # `--device cuda` on the CLI, `device='cuda'` in Python
+        return f"{option} {value}" if option.startswith("-") else f"{option}={value!r}"
 
     if name is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
+    choices = "cpu, cuda, cuda:N or mps"
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError, TypeError):
-        raise PriorswapError(f"{option} {name!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+        raise PriorswapError(f"{said(str(name))} is not a device; use {choices}") from None
+    name = str(name)
     if dev.type == "meta" and not allow_meta:
-        raise PriorswapError(f"{option} meta holds no data and cannot sample; use cpu, cuda, cuda:N or mps")
+        raise PriorswapError(f"{said(name)}: meta holds no data and cannot sample; use {choices}")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PriorswapError(f"{option} {name}: no CUDA device here (this torch build: {torch.__version__}); "
-                             f"use {option} cpu")
+        raise PriorswapError(f"{said(name)}: no CUDA device here (this torch build: {torch.__version__}); "
+                             f"use {said('cpu')}")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise PriorswapError(f"{option} {name}: MPS is not available here; use {option} cpu")
+        raise PriorswapError(f"{said(name)}: MPS is not available here; use {said('cpu')}")
     backend = getattr(torch, dev.type, None) if dev.type not in ("cpu", "meta", "mps") else None
     available = getattr(backend, "is_available", None)
     if dev.type not in ("cpu", "meta", "cuda", "mps") and not (callable(available) and available()):
-        raise PriorswapError(f"{option} {name}: no {dev.type} device here; use {option} cpu, cuda, cuda:N or mps")
+        raise PriorswapError(f"{said(name)}: no {dev.type} device here; use {choices}")
     count = getattr(backend, "device_count", None)
     if dev.index is not None and callable(count) and dev.index >= count():
-        raise PriorswapError(f"{option} {name}: only {count()} {dev.type} device(s) here")
-    return str(name)
+        raise PriorswapError(f"{said(name)}: only {count()} {dev.type} device(s) here")
+    return name
 
 
 def finite(value: float | None, option: str) -> None:

@@ -324,8 +324,8 @@ def sample(
         raise PriorswapError(f"'{model}' has no decoder here (no vae/ folder), so --out/--out-dir cannot be "
                              "written; use --save-latents instead")
     rule = pair.guidance_for(method, guidance, image_guidance).with_options(rescale=rescale, interval=lo_hi)
-    if pair.plan is not None and pair.plan.lines():
-        err.print(f"[dim]adapters: {'; '.join(pair.plan.lines())}[/]")
+    if pair.inserted:
+        err.print(f"[dim]adapters: {'; '.join(pair.inserted)}[/]")
     from .media import progress_callback
 
     n_steps = steps or pair.model.resolved.entry.recommended.steps

@@ -629,7 +629,7 @@ def _sample_variant(request: EvalRequest, variant: Variant, items: list[Item], m
                 progress.advance(bar)
         records.append({
             "prior": variant.prior or "none", "method": variant.label, "rule": rule.name,
-            "adapters": variant.adapters, "inserted": pair.plan.lines() if pair.plan is not None else [],
+            "adapters": variant.adapters, "inserted": pair.inserted,
             "guidance": gamma, "image_guidance": image_scale,
             "metrics": summarise(measurer, tally),
         })
@@ -707,8 +707,7 @@ def run(request: EvalRequest) -> dict:
         err.print(f"[yellow]skipped {name}:[/] {reason}", highlight=False)
     if not measurer.active:  # before any weights load: hours of sampling would measure nothing
         raise PriorswapError(f"none of the metrics ({', '.join(measurer.declared)}) can be measured here (reasons "
-                             "above): make their weights available, or choose others with --metrics; nothing was "
-                             "sampled")
+                             "above): fix what they name, or choose others with --metrics; nothing was sampled")
     coverage = coverage_warnings(measurer, len(items))
     for line in coverage:
         err.print(f"[yellow]warning:[/] {line}", highlight=False)

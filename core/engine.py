@@ -4,6 +4,7 @@ combine x̂0 predictions and step a diffusers scheduler."""
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -162,6 +163,14 @@ class Sampler:
         finally:
             self._batched = None
 
+    def _step_noise(self, generator: torch.Generator | None) -> dict:
+        """The seeded generator for a scheduler whose step draws noise (DDPM, Euler ancestral, ...; diffusers
+        pipelines pass it so): without it, a `native` stochastic scheduler ignored the seed."""
+        step = type(self.scheduler).step
+        if generator is None or "generator" not in inspect.signature(step).parameters:
+            return {}
+        return {"generator": generator}
+
     def _run(
         self,
         noise: torch.Tensor,
@@ -196,7 +205,7 @@ class Sampler:
             if eta:
                 x = ddim_step(sched, out, t, x, eta, generator)  # diffusers' step, NaN-free at ᾱ_t = 0
             else:
-                x = sched.step(out, t, x).prev_sample
+                x = sched.step(out, t, x, **self._step_noise(generator)).prev_sample
             if callback is not None:
                 callback(StepInfo(i, len(sched.timesteps), float(t), sigma, x, x0))
         return x

@@ -172,7 +172,8 @@ def load(
     except PriorswapError as e:
         message = str(e)
         later = [f for f in family.on_demand.get(role, []) if f not in (folders or [])]
-        if later and isinstance(e, WeightsUnavailable) and entry.source.repo is not None and is_offline(offline):
+        if (later and isinstance(e, WeightsUnavailable) and entry.source.repo is not None and entry.source.file is None
+                and is_offline(offline) and "hf download" in message):  # a folder repo's "not in the cache"
             includes = " ".join(f"--include '{f}/*'" for f in later)
             message += (f" Until its null condition is cached (the first run), the {role} also needs "
                         f"{', '.join(f + '/' for f in later)}: add {includes} to that download.")

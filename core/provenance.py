@@ -112,7 +112,7 @@ def run_record(
         "task": pair.task.name,
         "model": _role(pair.model, plugins),
         "prior": _role(pair.prior, plugins),
-        "adapters": pair.plan.lines() if pair.plan is not None else [],
+        "adapters": pair.inserted,
         "guidance": guidance_record(rule),
         "steps": steps,
         "scheduler": scheduler,

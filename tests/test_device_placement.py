@@ -29,6 +29,7 @@ def folders(tmp_path_factory, dit_folder, sd_folder):
         "ip2p": make_ip2p_folder(root / "ip2p"),
         "zero123": make_zero123_folder(root / "zero123"),
         "vd": make_vd_folder(root / "vd"),
+        "vd-weaker": make_vd_folder(root / "vd-weaker", seed=1),
         "dc512": make_lvdm_folder(root / "dc512", "dynamicrafter-512", 0),
         "vc2": make_lvdm_folder(root / "vc2", "videocrafter2", 1),
         "image": write_png(root / "in.png", 24, 20, 0),
@@ -41,6 +42,7 @@ PAIRS = {
     "instruct-pix2pix+sd": ("ip2p", "sd", {"image": "image", "prompt": "a cat"}),
     "zero123+sd": ("zero123", "sd", {"image": "image", "azimuth": 30.0, "polar": 10.0}),
     "versatile-diffusion+sd": ("vd", "sd", {"image": "image"}),
+    "versatile-diffusion autoguidance": ("vd", "vd-weaker", {"image": "image", "guidance": "autoguidance"}),
     "dynamicrafter+videocrafter": ("dc512", "vc2", {"image": "image", "prompt": "a cat"}),
     "dynamicrafter+sd": ("dc512", "sd", {"image": "image", "prompt": "a cat"}),
     "videocrafter": ("vc2", None, {"prompt": "a cat"}),
@@ -52,10 +54,14 @@ PAIRS = {
 def test_a_pair_samples_on_another_device(name, offload, folders):
     model, prior, inputs = PAIRS[name]
     inputs = {k: folders[v] if v == "image" else v for k, v in inputs.items()}
+    guidance = inputs.pop("guidance", None)
     refs = str(folders[model]), None if prior is None else str(folders[prior])
     # the null-condition cache on disk is filled from real values: once on the CPU (meta has no data to store)
-    priorswap.load_pair(*refs).sample(inputs, steps=1, decode=False)
+    priorswap.load_pair(*refs).sample(inputs, guidance=guidance, steps=1, decode=False)
     pair = priorswap.load_pair(*refs, device="meta", offload=offload)
+    if offload:  # the networks each denoiser lists are under accelerate's hook, which moves them per call
+        for denoiser in {id(d): d for d in (pair.model.denoiser, getattr(pair.prior, "denoiser", None)) if d}.values():
+            assert all(hasattr(module, "_hf_hook") for module in denoiser.offload_modules())
     on_cpu: set[str] = set()
 
     def note_cpu_weights(module, args):  # every network runs on the device: none computes with CPU weights
@@ -64,20 +70,17 @@ def test_a_pair_samples_on_another_device(name, offload, folders):
 
     hook = torch.nn.modules.module.register_module_forward_pre_hook(note_cpu_weights)
     try:
-        result = pair.sample(inputs, steps=2, seed=0, eta=1.0, num_samples=2)
+        result = pair.sample(inputs, guidance=guidance, steps=2, seed=0, eta=1.0, num_samples=2)
     finally:
         hook.remove()
     assert not on_cpu, f"ran on the CPU: {sorted(on_cpu)}"
     assert result.latents.device.type == "meta"
     assert result.images is not None and result.images.device.type == "meta"
-    if offload:  # every network a denoiser calls is under accelerate's hook, which moves it per call
-        for denoiser in {id(d): d for d in (pair.model.denoiser, getattr(pair.prior, "denoiser", None)) if d}.values():
-            assert all(hasattr(module, "_hf_hook") for module in denoiser.offload_modules())
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:3", "mps", "xpu", "nonsense"])
 def test_load_pair_refuses_a_device_that_is_not_here(device):
     if device.startswith("cuda") and torch.cuda.is_available() or device == "mps" and torch.backends.mps.is_available():
         pytest.skip(f"{device} exists on this machine")
-    with pytest.raises(priorswap.PriorswapError, match=r"^device .*(not a device|no |not available|only )"):
+    with pytest.raises(priorswap.PriorswapError, match=r"^device='[^']+'.*(not a device|no |not available|only )"):
         priorswap.load_pair("toy-digits-class", device=device)

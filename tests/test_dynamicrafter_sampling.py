@@ -811,6 +811,15 @@ def test_the_shipped_checkpoint_entry_says_what_to_do(tmp_path, monkeypatch):
                                ("videocrafter2", "VideoCrafter/VideoCrafter2", "7b40798386")):
         with pytest.raises(WeightsUnavailable, match=f"hf download {repo} model.ckpt --revision {commit}"):
             load_pair(name, allow_pickle=True, offline=True)  # pinned by commit and by the file's sha256
+    from priorswap.loading import load, resolve
+    from priorswap.plugin_manager import get_plugins
+
+    plugins = get_plugins()
+    for allow_pickle in (True, False):  # a checkpoint holds its text encoder: no folders to add to the download
+        prior = resolve("videocrafter2", plugins.load_registry([]), plugins, allow_pickle=allow_pickle)
+        with pytest.raises(WeightsUnavailable) as info:
+            load(prior, "prior", plugins, offline=True, allow_pickle=allow_pickle)
+        assert "videocrafter2" in str(info.value) and "Until its null condition is cached" not in str(info.value)
     from priorswap.adapters import plan_pair
     from priorswap.loading import resolve
     from priorswap.plugin_manager import get_plugins

@@ -282,13 +282,15 @@ def test_results_json_records_how_the_run_was_made(mixed_run):
 def test_each_record_lists_the_adapters_its_pair_inserted(tmp_path, capsys):
     data = toy_items(tmp_path / "data", (True,))
     code, _, err = run_cli(capsys, "eval", "--model", "toy-digits-view", "--data", str(data), "--steps", "1",
-                           "--prior", "none,toy-digits-base,toy-digits-dit-v", "--out", str(tmp_path / "out"))
+                           "--prior", "none,toy-digits-base,toy-digits-dit-v", "--ablate-adapters",
+                           "--out", str(tmp_path / "out"))
     assert code == 0, err
     records = json.loads((tmp_path / "out" / "results.json").read_text())["records"]
-    assert {r["prior"]: r["inserted"] for r in records} == {
-        "none": [], "toy-digits-base": [],  # the same schedule and parameterization: nothing to insert
-        "toy-digits-dit-v": ["σ-matching (continuous): model's linear(0.0001–0.02)/1000 → prior's cosine/1000",
-                             "parameterization: prior's v_prediction → x̂0 → model's epsilon"]}
+    assert {r["method"]: r["inserted"] for r in records} == {
+        "cfg": [], "swap:toy-digits-base": [],  # the same schedule and parameterization: nothing to insert
+        "swap:toy-digits-dit-v": ["σ-matching (continuous): model's linear(0.0001–0.02)/1000 → prior's cosine/1000",
+                                  "parameterization: prior's v_prediction → x̂0 → model's epsilon"],
+        "swap:toy-digits-base (no adapters)": [], "swap:toy-digits-dit-v (no adapters)": []}  # the ablation
 
 
 def test_the_previous_run_was_replaced_as_a_whole(mixed_run):

@@ -169,7 +169,7 @@ def register(cli: typer.Typer) -> None:
         rule = pair.guidance_for(method, guidance, image_guidance).with_options(rescale=phi)
         err = Console(stderr=True)
         err.print(f"guidance: {rule_text(rule)}, rescale φ={phi:g}, {steps} steps")
-        with progress_callback(steps, rule.name, err) as callback:
+        with progress_callback(steps, rule_text(rule), err) as callback:
             result = pair.sample(inputs, guidance=rule, steps=steps, seed=seed, decode=False, eta=eta,
                                  autocast=mixed, callback=callback)
         clip = pair.task.decode_video(result.latents)[0]  # one prompt: one video

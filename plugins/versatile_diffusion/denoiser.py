@@ -62,7 +62,8 @@ class ImageEncoder:
             encoder = load_component(
                 CLIPVisionModelWithProjection, folder, "image_encoder", allow_pickle=self.allow_pickle, dtype=self.dtype
             )
-            self._parts = (processor, encoder.eval().requires_grad_(False).to(self.device))
+            device = self.device() if callable(self.device) else self.device
+            self._parts = (processor, encoder.eval().requires_grad_(False).to(device))
         return self._parts
 
     def release(self) -> None:
@@ -92,6 +93,7 @@ class VersatileDiffusionDenoiser(Denoiser):
     ) -> None:
         self.init_discrete(unet, scheduler_config, request)
         self.encoder = encoder
+        encoder.device = lambda: self.device  # a later (re)load goes where the UNet runs (offload included)
         self.null_embedding = null.to(unet.device, unet.dtype)
         self.allow_pickle = request.allow_pickle
 
