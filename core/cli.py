@@ -244,7 +244,8 @@ def sample(
     steps: Annotated[int | None, typer.Option(help="Sampling steps (default: the registry's).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     seeds: Annotated[str | None, typer.Option(help="Several seeds, comma-separated (overrides --seed).")] = None,
-    num_samples: Annotated[int, typer.Option(help="Samples per task input and seed.")] = 1,
+    num_samples: Annotated[int, typer.Option(
+        "--num-samples", "--batch", help="Samples per task input and seed, in one batch.")] = 1,
     scheduler: Annotated[str | None, typer.Option(help="ddim (default), euler or native.")] = None,
     eta: Annotated[float | None, typer.Option(help="DDIM η: 0 deterministic, 1 stochastic (default: registry).")]
     = None,
@@ -294,7 +295,7 @@ def sample(
         checks.seed(s, "--seed" if seeds is None else "--seeds")
     _check_out_and_out_dir(out, out_dir, seed_list)
     if num_samples < 1:
-        raise PriorswapError(f"--num-samples must be at least 1, got {num_samples}")
+        raise PriorswapError(f"--num-samples (--batch) must be at least 1, got {num_samples}")
     check_sampling_options(method, guidance, image_guidance, rescale, steps, eta, match, scheduler)
     mixed = parse_autocast(autocast)
     device = checks.device(device)

@@ -95,7 +95,8 @@ def test_sample_writes_png_and_latents(tmp_path, capsys, dit_folder, dit_prior_f
         (["--class-label", "1", "--seeds", "0,1,0"], "--seeds repeats 0: give each value once"),
         (["--class-label", "1", "--autocast", "int8"], "--autocast takes fp32, fp16 or bf16"),
         (["--class-label", "1", "--seeds", "1,x"], "--seeds takes comma-separated integers"),
-        (["--class-label", "1", "--num-samples", "0"], "--num-samples must be at least 1"),
+        (["--class-label", "1", "--num-samples", "0"], "--num-samples (--batch) must be at least 1"),
+        (["--class-label", "1", "--batch", "0"], "--num-samples (--batch) must be at least 1"),
         (["--class-label", "1", "--steps", "-5"], "--steps must be at least 1, got -5"),
         (["--class-label", "1", "--steps", "0"], "--steps must be at least 1, got 0"),
         (["--class-label", "1", "--steps", "1001"], "--steps must be from 1 to 1000 (the model's training timesteps)"),
@@ -238,7 +239,7 @@ def test_several_seeds_and_samples_write_a_grid_and_one_file_each(tmp_path, caps
     lat, folder = tmp_path / "z.safetensors", tmp_path / "each"
     code, _, err = run_cli(
         capsys, "sample", "--model", str(dit_folder), "--prior", str(dit_prior_folder), "--class-label", "207",
-        "--class-label", "3", "--steps", "3", "--seeds", "4,5", "--num-samples", "2", "--out-dir", str(folder),
+        "--class-label", "3", "--steps", "3", "--seeds", "4,5", "--batch", "2", "--out-dir", str(folder),
         "--save-latents", str(lat), "--out", str(tmp_path / "grid.png"),
     )
     assert code == 0, err
