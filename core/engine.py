@@ -184,6 +184,7 @@ class Sampler:
         sched.set_timesteps(steps, device="cpu")  # read on the host each step: no device sync per float(t)
         x = noise * getattr(sched, "init_noise_sigma", 1.0)  # flow schedulers start at unit noise, and lack it
         prediction_type = getattr(sched.config, "prediction_type", None) or "flow"
+        step_noise = self._step_noise(generator)
         timesteps = sched.timesteps
         for i, t in enumerate(timesteps):
             x_in = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
@@ -205,7 +206,7 @@ class Sampler:
             if eta:
                 x = ddim_step(sched, out, t, x, eta, generator)  # diffusers' step, NaN-free at ᾱ_t = 0
             else:
-                x = sched.step(out, t, x, **self._step_noise(generator)).prev_sample
+                x = sched.step(out, t, x, **step_noise).prev_sample
             if callback is not None:
                 callback(StepInfo(i, len(sched.timesteps), float(t), sigma, x, x0))
         return x

@@ -170,13 +170,7 @@ def load(
         else:
             folder = fetch(entry.source, folders, offline=offline, allow_pickle=allow_pickle)
     except PriorswapError as e:
-        message = str(e)
-        later = [f for f in family.on_demand.get(role, []) if f not in (folders or [])]
-        if (later and isinstance(e, WeightsUnavailable) and entry.source.repo is not None and entry.source.file is None
-                and is_offline(offline) and "hf download" in message):  # a folder repo's "not in the cache"
-            includes = " ".join(f"--include '{f}/*'" for f in later)
-            message += (f" Until its null condition is cached (the first run), the {role} also needs "
-                        f"{', '.join(f + '/' for f in later)}: add {includes} to that download.")
+        message = f"{e}{_on_demand_hint(e, entry, family, role, folders or [])}"
         if resolved.file is None and message == str(e):  # a local folder or checkpoint: the message names it
             raise
         raise _named(e, message if resolved.file is None else f"{resolved.what()}: {message}") from e
@@ -214,6 +208,21 @@ def load(
             "entry: correct the entry", RegistryMismatchWarning, stacklevel=2,
         )
     return Loaded(resolved, folder, denoiser)
+
+
+def _on_demand_hint(error: PriorswapError, entry: ModelEntry, family: Family, role: str, folders: list[str]) -> str:
+    """For a hub folder repo not in the cache: the sentence naming the folders the role fetches later, only when
+    needed (`Family.on_demand`), so that one download covers the first run; else ""."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    later = [f for f in family.on_demand.get(role, []) if f not in folders]
+    cause = error.__cause__
+    if not later or entry.source.repo is None or entry.source.file is not None \
+            or not isinstance(cause, LocalEntryNotFoundError | FileNotFoundError):
+        return ""
+    includes = " ".join(f"--include '{f}/*'" for f in later)
+    return (f" Until its null condition is cached (the first run), the {role} also needs "
+            f"{', '.join(f + '/' for f in later)}: add {includes} to that download.")
 
 
 def _named(error: PriorswapError, message: str) -> PriorswapError:

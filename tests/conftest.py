@@ -20,6 +20,20 @@ def _isolated(monkeypatch, tmp_path_factory):
     torch.set_num_threads(1)
 
 
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Loading weights fails the test: what it guards must be refused before."""
+    import priorswap.api
+    import priorswap.loading
+
+    def loaded(*args, **kwargs):
+        pytest.fail("weights loaded before the options and inputs were checked")
+
+    monkeypatch.setattr(priorswap.api, "load", loaded)
+    monkeypatch.setattr(priorswap.loading, "load", loaded)
+    return loaded
+
+
 @pytest.fixture(scope="session")
 def dit_folder(tmp_path_factory) -> Path:
     return make_dit_folder(tmp_path_factory.mktemp("dit") / "model", seed=0)

@@ -22,19 +22,6 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-@pytest.fixture
-def no_loading(monkeypatch):
-    """Loading weights fails the test: what it guards must be refused before."""
-    import priorswap.api
-    import priorswap.loading
-
-    def loaded(*args, **kwargs):
-        pytest.fail("weights loaded before the options were checked")
-
-    monkeypatch.setattr(priorswap.api, "load", loaded)
-    monkeypatch.setattr(priorswap.loading, "load", loaded)
-
-
 # ---- pairs: registry roles, as sample refuses them ---------------------------------------------------------------
 def test_pairs_shows_no_for_a_prior_without_the_prior_role_as_sample_refuses_it(capsys, tmp_path, no_loading):
     code, out, err = run_cli(capsys, "pairs", "toy-digits-view", "--prior", "toy-digits-edit")
