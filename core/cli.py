@@ -17,7 +17,45 @@ from rich.table import Table
 from .dtypes import parse_dtype
 from .errors import PriorswapError
 
+
+def _plain_placeholder(param: Any, ctx: Any) -> None:
+    """Help shows what an option takes: nothing for a flag (typer ≥ 0.2x prints `<bool>`, as if `--offline`
+    took a value) and the item for a repeatable option (`<str>`, not `<list[str]>`). An explicit metavar and
+    an argument (whose name is its placeholder) stay as they are."""
+    if getattr(param, "metavar", "") is not None or not hasattr(param, "is_flag"):
+        return
+    if param.is_flag:
+        param.metavar = ""
+    elif param.multiple and hasattr(param, "display_type"):
+        param.metavar = re.sub(r"^<list\[(.*)\]>$", r"<\1>", param.display_type(ctx))
+
+
+def _plain_placeholders(command: Any, ctx: Any) -> None:
+    """`_plain_placeholder` for every option of a command and of every command under it, plugins' included."""
+    for param in command.get_params(ctx):
+        _plain_placeholder(param, ctx)
+    for sub in getattr(command, "commands", {}).values():
+        _plain_placeholders(sub, ctx)
+
+
+class _Group(typer.core.TyperGroup):
+    """The root command: its help and every subcommand's show plain placeholders (`_plain_placeholder`)."""
+
+    def get_params(self, ctx: Any) -> list:
+        params = super().get_params(ctx)
+        for param in params:
+            _plain_placeholder(param, ctx)
+        return params
+
+    def get_command(self, ctx: Any, name: str) -> Any:
+        command = super().get_command(ctx, name)
+        if command is not None:
+            _plain_placeholders(command, ctx)
+        return command
+
+
 app = typer.Typer(
+    cls=_Group,
     help="Borrow the unconditional half of classifier-free guidance from a stronger prior.",
     no_args_is_help=True,
     add_completion=False,

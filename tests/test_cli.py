@@ -1,6 +1,7 @@
 """The command line: lazy imports, sampling outputs, and clear errors with exit code 2."""
 
 import os
+import re
 import subprocess
 import sys
 from typing import Annotated
@@ -62,6 +63,34 @@ def test_off_by_default_flags_have_no_negative_twin():
                       if getattr(p, "is_flag", False) and p.secondary_opts and not p.default]
     assert "video" in root.list_commands(ctx)  # plugin commands are checked too
     assert not twins, twins
+
+
+def test_help_shows_no_value_placeholder_for_a_flag(capsys, monkeypatch):
+    """Every command's help, plugins' included: a flag shows no placeholder (typer ≥ 0.2x prints `<bool>`, as
+    if `--offline` took a value), a repeatable option the item it takes (`<str>`, not `<list[str]>`)."""
+    import typer
+
+    from priorswap.cli import app
+    from priorswap.plugin_manager import get_plugins
+
+    monkeypatch.setenv("COLUMNS", "200")
+    get_plugins().add_commands(app)
+    root = typer.main.get_command(app)
+    ctx = typer.Context(root)
+    paths = [[]]
+    for name in root.list_commands(ctx):
+        command = root.get_command(ctx, name)
+        paths += [[name]] + [[name, sub] for sub in getattr(command, "commands", {})]
+    assert ["toy", "train"] in paths
+    shown = []
+    for path in paths:
+        code, out, err = run_cli(capsys, *path, "--help")
+        assert code == 0, err
+        shown += [f"{' '.join(path)}: {line.strip()}" for line in out.splitlines()
+                  if "<bool>" in line or "--" in line and "<list[" in line]  # an argument keeps `files... <list[Path]>`
+        if path == ["sample"]:
+            assert re.search(r"--offline +Never contact", out) and re.search(r"--registry +<str> +Extra", out), out
+    assert not shown, shown
 
 
 def test_sample_writes_png_and_latents(tmp_path, capsys, dit_folder, dit_prior_folder):
