@@ -1,5 +1,5 @@
 """Seconds per step of plain CFG against prior swap on a full-size Zero-1-to-3-shaped model with an
-SD 2.1-base-shaped prior, on CPU.
+SD 2.1-base-shaped prior, on CPU (the target's setting) or, with `--device cuda`, on a GPU.
 
 The random full-size folders come from bench/fullsize.py (no download). The pair is loaded once with
 `priorswap.load_pair(model_folder, prior_folder)`; then, after a warm-up, runs of `--steps` DDIM steps
@@ -28,6 +28,10 @@ each swap forward N. The target applies at every N; the default is one sample.
 `--conv native` runs the convolutions on ATen's own path instead of oneDNN (see bench/gemm_batching.py: on
 some CPUs oneDNN's 1280-channel convolutions at 8×8 and 4×4 are several times slower, and batch badly).
 
+`--device cuda` (with `--dtype float16` or `bfloat16`) runs the same on a GPU: each timestamp waits for the
+device (torch.cuda.synchronize), so a step's time is the device's, not the launch queue's. `--threads` and
+`--conv` concern the CPU only.
+
 `--tiny` runs the same on tiny configs in seconds: a smoke test, where per-step Python overhead
 dominates (diagnostic only, no target). Exit status: 0 PASS, 1 FAIL.
 """
@@ -53,7 +57,15 @@ import torch  # noqa: E402
 TARGET = 1.05
 RUN_STEPS = 50  # the paper's Zero-1-to-3 setting: the run length the target is read at
 METHODS = ("cfg", "prior-swap")
+DEVICE = "cpu"  # set by main from --device
 POSE = {"azimuth": 30.0, "polar": 10.0, "radius": 0.0}
+
+
+def now() -> float:
+    """`time.perf_counter()` once the device has finished what was queued (CUDA runs asynchronously)."""
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize(DEVICE)
+    return time.perf_counter()
 
 
 def cache_conditions(pair) -> None:
@@ -77,9 +89,9 @@ def time_forwards(pair) -> list[float]:
     log: list[float] = []
     for denoiser in (pair.model.denoiser, pair.prior.denoiser):
         def timed(*args, _forward=denoiser.forward, **kwargs):
-            start = time.perf_counter()
+            start = now()
             out = _forward(*args, **kwargs)
-            log.append(time.perf_counter() - start)
+            log.append(now() - start)
             return out
 
         denoiser.forward = timed
@@ -92,9 +104,9 @@ def run_steps(pair, image: Path, method: str, steps: int, samples: int,
     of each step (the first from the call on), the seconds spent outside the network forwards (logged into
     `forwards` by `time_forwards`) and the forward calls."""
     forwards.clear()
-    marks = [time.perf_counter()]
+    marks = [now()]
     result = pair.sample(image=image, guidance=method, steps=steps, seed=0, decode=False, num_samples=samples,
-                         callback=lambda info: marks.append(time.perf_counter()), **POSE)
+                         callback=lambda info: marks.append(now()), **POSE)
     durations = [b - a for a, b in itertools.pairwise(marks)]
     return durations, sum(durations) - sum(forwards), result.forward_calls
 
@@ -125,17 +137,17 @@ def forward_breakdown(pair, repeats: int, n: int) -> dict[str, float]:
         def call():
             with reusing(reused):
                 fn()  # the first forward of a run computes the projections: not timed
-                start = time.perf_counter()
+                start = now()
                 fn()
-                return time.perf_counter() - start
+                return now() - start
 
         return call
 
     def alone(fn):
         def call():
-            start = time.perf_counter()
+            start = now()
             fn()
-            return time.perf_counter() - start
+            return now() - start
 
         return call
 
@@ -165,10 +177,10 @@ def weight_read_time(module: torch.nn.Module, repeats: int) -> tuple[float, int]
     size = sum(p.numel() * p.element_size() for p in params)
     times = []
     for _ in range(repeats + 1):
-        start = time.perf_counter()
+        start = now()
         for p in params:
             p.sum()
-        times.append(time.perf_counter() - start)
+        times.append(now() - start)
     return statistics.median(times[1:]), size
 
 
@@ -177,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", help="folder that keeps the built model folders between runs (default: temporary)")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                         help="weights' dtype (folders are saved and loaded in it)")
+    parser.add_argument("--device", default="cpu", help="cpu (the target's setting) or cuda, cuda:1 (default: cpu)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all)")
     parser.add_argument("--steps", type=int, default=3, help="DDIM steps per run (at least 2: a first and later ones)")
     parser.add_argument("--samples", type=int, default=1,
@@ -192,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # progress lines appear in order with the builder's output
     if min(args.repeats, args.samples) < 1 or args.steps < 2:
         parser.error("--repeats and --samples must be at least 1, --steps at least 2")
+    if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
+        parser.error(f"--device {args.device}: " + ("this machine has no CUDA device; use --device cpu"
+                                                     if args.device.startswith("cuda") else "cpu or cuda[:N]"))
+    global DEVICE
+    DEVICE = args.device
 
     import diffusers
     import transformers
@@ -203,13 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
     torch.backends.mkldnn.enabled = args.conv == "onednn"
-    print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, threads {torch.get_num_threads()} "
-          f"of {os.cpu_count()} CPUs, dtype {args.dtype}, convolutions {args.conv}, python {sys.version.split()[0]}")
+    where = (f"threads {torch.get_num_threads()} of {os.cpu_count()} CPUs, convolutions {args.conv}"
+             if DEVICE == "cpu" else f"device {DEVICE} ({torch.cuda.get_device_name(DEVICE)})")
+    print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, {where}, dtype {args.dtype}, "
+          f"python {sys.version.split()[0]}")
     with work_dir(args.work) as work:
         paths = ensure_folders(work, tiny=args.tiny, dtype=args.dtype)
         os.environ["PRIORSWAP_CACHE"] = str(paths["cache"])
         start = time.perf_counter()
-        pair = priorswap.load_pair(str(paths["model"]), str(paths["prior"]), dtype=DTYPES[args.dtype])
+        pair = priorswap.load_pair(str(paths["model"]), str(paths["prior"]), dtype=DTYPES[args.dtype], device=DEVICE)
         shape = "×".join(map(str, pair.task.latent_shape(pair.inputs(image=paths["image"], **POSE))))
         print(f"pair loaded in {time.perf_counter() - start:.1f} s: model UNet "
               f"{param_bytes(pair.model.denoiser.net) / 2**20:.0f} MiB, prior UNet "

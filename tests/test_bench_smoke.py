@@ -36,3 +36,12 @@ def test_bench_tiny_mode_runs(script, expect, tmp_path):
     if script == "step_time.py":  # first and later steps timed apart, the engine's own cost, the 50-step estimate
         assert "later steps" in done.stdout and "outside the network forwards" in done.stdout
         assert "a 50-step run: cfg" in done.stdout and "reading the prior's" in done.stdout
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_step_time_refuses_a_device_this_machine_lacks(tmp_path):
+    """`--device cuda` without CUDA stops at once (exit 2, before building any folder) and says what to use."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "step_time.py"), "--tiny", "--device", "cuda",
+                           "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "no CUDA device; use --device cpu" in done.stderr, done.stderr
+    assert not (tmp_path / "work").exists()
