@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     # sampling API
     "load_pair": "api",
+    "load_denoiser": "api",
     "Pair": "api",
     "SampleResult": "api",
     "make_scheduler": "api",
@@ -76,6 +77,7 @@ __all__ = [
     "dual_prior_swap",
     "get_plugins",
     "hookimpl",
+    "load_denoiser",
     "load_pair",
     "make_scheduler",
     "prior_swap",
@@ -96,7 +98,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from .adapters import Adapter
-    from .api import Pair, SampleResult, load_pair, make_scheduler
+    from .api import Pair, SampleResult, load_denoiser, load_pair, make_scheduler
     from .denoiser import Denoiser
     from .engine import Route, Sampler, StepInfo
     from .errors import PriorswapError

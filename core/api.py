@@ -15,6 +15,7 @@ import torch
 from . import checks
 from . import guidance as G
 from .adapters import Plan, plan_pair
+from .dtypes import DTYPES
 from .engine import Route, Sampler, StepInfo
 from .errors import IncompatiblePair, PriorswapError, RegistryError, TaskInputError
 from .loading import Loaded, Resolved, load, resolve, task_of
@@ -80,6 +81,28 @@ def offload_denoiser(denoiser: Any, device: str) -> None:
     denoiser.device = torch.device(device)
 
 
+def as_dtype(value: Any, name: str,
+             allowed: tuple[str, ...] = ("float32", "float16", "bfloat16", "float64")) -> Any:
+    """`value` as a torch dtype: a torch.dtype or its name ("fp16", "bfloat16", "torch.float32", ...); None
+    stays None. A PriorswapError names `name` and the dtypes it takes otherwise."""
+    if value is None:
+        return None
+    text = str(value).lower().removeprefix("torch.")
+    name_of = DTYPES.get(text, {"fp64": "float64"}.get(text, text))
+    if name_of not in allowed:
+        short = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
+        takes = ", ".join(f"torch.{a} ('{short[a]}')" for a in allowed)
+        raise PriorswapError(f"{name} takes {takes}, got {value!r}")
+    return getattr(torch, name_of)
+
+
+def _number(value: Any, name: str) -> float:
+    """`value` when it is a real number (not a bool or a string); a PriorswapError naming `name` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PriorswapError(f"{name} must be a number, got {value!r}")
+    return value
+
+
 def _repeat_inputs(cond: dict, batch: int, times: int) -> dict:
     """Repeats each input's rows of a condition `times` (input by input); other entries (a shared
     batch-1 null condition) are left for the engine to broadcast."""
@@ -97,6 +120,12 @@ class Pair:
     match: str = "continuous"
     adapters: bool = True
     plugins: Plugins | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("model", "prior", "plan", "match", "adapters") and name in self.__dict__:
+            raise PriorswapError(f"Pair.{name} is fixed when the pair loads (its routes, plan and run records "
+                                 f"follow it): load another pair, e.g. priorswap.load_pair(..., {name}=...)")
+        super().__setattr__(name, value)
 
     @property
     def routes(self) -> Mapping[str, Route]:
@@ -146,23 +175,44 @@ class Pair:
         scale = rec.guidance if scale is None else scale
         image_scale = (rec.image_guidance or 1.0) if image_scale is None else image_scale
         for value, option in ((scale, "the guidance scale"), (image_scale, "the image guidance scale")):
-            if not math.isfinite(value):
+            if not math.isfinite(_number(value, option)):
                 raise PriorswapError(f"{option} must be a finite number, got {value}")
         return G.build(method, scale, image_scale)
 
+    def check_guidance(self, rule: G.Guidance) -> None:
+        """Refuses a Guidance whose branches this pair cannot compute (a prior term without a prior, a level the
+        task does not have), before any network runs."""
+        if not isinstance(rule, G.Guidance):
+            raise PriorswapError(f"guidance must be a method name ({', '.join(G.METHODS)}) or a priorswap.Guidance, "
+                                 f"got {rule!r}")
+        levels = self.task.levels
+        for term in rule.terms:
+            if term.role == "prior" and self.prior is None:
+                raise PriorswapError(f"guidance '{rule.name}' needs a prior: load the pair with one (--prior on the "
+                                     "command line, prior= in load_pair)")
+            if term.level not in levels:
+                raise PriorswapError(f"guidance '{rule.name}' uses the {term.role}'s '{term.level}' prediction, but "
+                                     f"the task '{self.task.name}' has the levels {', '.join(levels)}")
+
     def inputs(self, inputs: TaskInputs | dict | None = None, **kwargs: Any) -> TaskInputs:
-        """The task's validated inputs from a dict and/or keywords (a TaskInputs passes through); raises
-        TaskInputError naming each field that is wrong."""
+        """The task's validated inputs from a TaskInputs or a dict, and/or keywords (which override its fields);
+        raises TaskInputError naming each field that is wrong."""
         if isinstance(inputs, TaskInputs):
-            return inputs
+            if not kwargs:
+                return inputs
+            inputs = {name: getattr(inputs, name) for name in type(inputs).model_fields}
+        elif inputs is not None and not isinstance(inputs, Mapping):
+            raise TaskInputError(f"task inputs come as keywords, a dict or pair.inputs(...), got a "
+                                 f"{type(inputs).__name__}: e.g. pair.sample({_example(self.task)})")
         from pydantic import ValidationError
 
         try:
             return self.task.Inputs.model_validate({**(inputs or {}), **kwargs})
         except ValidationError as e:
             fields = ", ".join(self.task.Inputs.model_fields)
-            raise TaskInputError(f"bad input for task '{self.task.name}': "
-                                 f"{'; '.join(_input_problem(x) for x in e.errors())} (its inputs: {fields})") from e
+            problems = "; ".join(_input_problem(x) for x in e.errors())
+            raise TaskInputError(f"bad input for task '{self.task.name}': {problems} (its inputs: {fields})"
+                                 f"{_sampling_hint(e.errors())}") from e
 
     def sample(
         self,
@@ -179,7 +229,7 @@ class Pair:
         decode: bool = True,
         num_samples: int = 1,
         eta: float | None = None,
-        autocast: torch.dtype | None = None,
+        autocast: torch.dtype | str | None = None,
         **task_inputs: Any,
     ) -> SampleResult:
         """Samples the model's task. `guidance` is a Guidance or a method name (cfg, prior-swap,
@@ -199,8 +249,21 @@ class Pair:
         if isinstance(guidance, int | float) and not isinstance(guidance, bool):
             raise PriorswapError(f"guidance= is the rule (a method name such as 'prior-swap', or a Guidance); the "
                                  f"scale γ is scale=: pair.sample(..., scale={guidance!r})")
+        if isinstance(guidance, G.Guidance):
+            if scale is not None or image_scale is not None:
+                raise PriorswapError(f"a Guidance object carries its own weights: give scale= / image_scale= with a "
+                                     f"method name (guidance='{guidance.name}', scale=...), or build the rule with "
+                                     "the scales you want")
+            rule = guidance
+        elif guidance is None or isinstance(guidance, str):
+            rule = self.guidance_for(guidance, scale, image_scale)
+        else:
+            rule = guidance  # check_guidance names what it is
+        self.check_guidance(rule)
+        if callback is not None and not callable(callback):
+            raise PriorswapError(f"callback must be a function taking a StepInfo, got {callback!r}")
+        autocast = as_dtype(autocast, "autocast", ("float16", "bfloat16"))
         rec = self.model.resolved.entry.recommended
-        rule = guidance if isinstance(guidance, G.Guidance) else self.guidance_for(guidance, scale, image_scale)
         args = self.inputs(inputs, **task_inputs)
         steps = rec.steps if steps is None else steps
         model = self.model.denoiser
@@ -209,7 +272,7 @@ class Pair:
             raise PriorswapError(f"steps must be a whole number from 1 to {trained} (the model's training timesteps), "
                                  f"got {steps!r}")
         eta = rec.eta if eta is None else eta
-        if not 0.0 <= eta <= 1.0:
+        if not 0.0 <= _number(eta, "eta (DDIM stochasticity)") <= 1.0:
             raise PriorswapError(f"eta (DDIM stochasticity) must be between 0 and 1, got {eta:g}")
         conditions = {("model", lvl): c for lvl, c in self.task.conditions(args, model).items()}
         if self.prior is not None:
@@ -228,13 +291,13 @@ class Pair:
         generator = torch.Generator(device="cpu").manual_seed(seed)
         from diffusers.utils.torch_utils import randn_tensor
 
-        if noise is None:
-            start = randn_tensor(shape, generator=generator, dtype=model.dtype)
-        elif not isinstance(noise, torch.Tensor) or tuple(noise.shape) != tuple(shape):
+        if noise is not None and (not isinstance(noise, torch.Tensor) or tuple(noise.shape) != tuple(shape)):
             got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
             raise PriorswapError(f"noise must be a tensor of shape {tuple(shape)} (the task's latent shape × "
                                  f"num_samples), got {got}")
-        else:
+        # drawn even when noise is given, so that DDIM's η noise that follows is the seed's either way
+        start = randn_tensor(shape, generator=generator, dtype=model.dtype)
+        if noise is not None:
             start = noise.to(model.dtype)
         sampler = Sampler(self.routes, conditions, rule, sched)
         mixed = torch.autocast(model.device.type, dtype=autocast) if autocast is not None else nullcontext()
@@ -253,7 +316,36 @@ def _input_problem(error: dict) -> str:
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "missing":
         return f"{loc}: required, not given"
-    return f"{loc} = {error.get('input')!r}: {message}" if loc else message
+    return f"{loc} = {_short(error.get('input'))}: {message}" if loc else message
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A value for an error message: a tensor or array by its type, shape and dtype, anything else by its repr
+    cut to `limit` characters."""
+    shape = getattr(value, "shape", None)
+    if shape is not None and hasattr(value, "dtype"):
+        return f"{type(value).__name__} of shape {tuple(shape)}, {value.dtype}"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# keywords of other samplers (diffusers, the CLI) that `Pair.sample` spells otherwise
+_SAMPLING_NAMES = {"guidance_scale": "scale", "image_guidance_scale": "image_scale", "num_inference_steps": "steps",
+                   "seeds": "seed (one per call)", "method": "guidance", "generator": "seed",
+                   "num_images_per_prompt": "num_samples", "batch": "num_samples", "latents": "noise",
+                   "output_type": "decode"}
+
+
+def _sampling_hint(errors: list[dict]) -> str:
+    """"; did you mean scale=?" for task-input errors that are sampling options under another name."""
+    hints = [f"{e['loc'][0]}= → {_SAMPLING_NAMES[e['loc'][0]]}=" for e in errors
+             if e["type"] == "extra_forbidden" and e["loc"] and e["loc"][0] in _SAMPLING_NAMES]
+    return f"; sampling options are spelled otherwise: {', '.join(hints)}" if hints else ""
+
+
+def _example(task: Task) -> str:
+    """`class_label=...` for the task's first input: an example call in an error message."""
+    return ", ".join(f"{name}=..." for name in list(task.Inputs.model_fields)[:1])
 
 
 def role_problem(resolved: Resolved, role: str) -> str | None:
@@ -272,12 +364,12 @@ def load_pair(
     registry_files: list[str] | tuple[str, ...] = (),
     offline: bool | None = None,
     allow_pickle: bool = False,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     device: str = "cpu",
     match: str = "continuous",
     adapters: bool = True,
     plugins: Plugins | None = None,
-    prior_dtype: torch.dtype | None = None,
+    prior_dtype: torch.dtype | str | None = None,
     offload: bool = False,
 ) -> Pair:
     """Loads a fine-tuned model and (optionally) a prior, by registry id or local folder.
@@ -286,13 +378,15 @@ def load_pair(
     `adapters=False` is an ablation that feeds the prior the model's raw timestep and reads its
     output as the model's parameterization (the latent-space, size and frame maps it needs stay).
     Raises IncompatiblePair naming the missing adapter when the registry cannot bridge the pair.
-    `dtype` / `prior_dtype` set the weights' dtypes (the prior's defaults to the model's); `offload`
+    `dtype` / `prior_dtype` set the weights' dtypes, as torch dtypes or names ("fp16", "bf16"; the prior's
+    defaults to the model's); `offload`
     keeps the networks in CPU memory and moves each to `device` only for its forward pass
     (accelerate's cpu_offload).
     """
     if match not in MATCHES:
         raise PriorswapError(f"σ-matching must be one of {', '.join(MATCHES)}, got {match!r}")
     device = checks.device(device, option="device", allow_meta=True)  # before any weights load
+    dtype, prior_dtype = as_dtype(dtype, "dtype"), as_dtype(prior_dtype, "prior_dtype")
     for role, ref in (("model", model), ("prior", prior)):
         if ref is not None and not isinstance(ref, str | os.PathLike):
             raise PriorswapError(
@@ -320,7 +414,7 @@ def load_pair(
     if prior_res is not None:
         # the model as its own prior shares its network (one forward for both branches), unless asked for
         # another dtype, which takes a second copy
-        same = prior_res.id == model_res.id and (prior_dtype is None or prior_dtype == dtype)
+        same = prior_res.id == model_res.id and prior_dtype in (None, loaded_model.denoiser.dtype)
         prior_options = {**options, "dtype": prior_dtype or dtype}
         loaded_prior = loaded_model if same else load(prior_res, "prior", plugins, **prior_options)
     if offload:
@@ -329,3 +423,34 @@ def load_pair(
     _, task_cls = task_of(model_res.entry, model, plugins)
     task = task_cls(loaded_model.denoiser, loaded_model.folder)
     return Pair(loaded_model, loaded_prior, plan, task, match, adapters, plugins)
+
+
+def load_denoiser(
+    ref: str | os.PathLike,
+    role: str = "prior",
+    *,
+    registry_files: list[str] | tuple[str, ...] = (),
+    offline: bool | None = None,
+    allow_pickle: bool = False,
+    dtype: torch.dtype | str | None = None,
+    device: str = "cpu",
+    plugins: Plugins | None = None,
+) -> Any:
+    """One network by registry id, local folder or checkpoint file, as the `Denoiser` it serves as in `role`
+    ("prior" or "model"), without a pair: e.g. a registry prior for a model of your own, sampled through
+    `priorswap.Sampler` (docs/python-api.md). Loads what `load_pair` would load for that role; raises
+    RegistryError when the entry does not list `role`."""
+    if role not in ("model", "prior"):
+        raise PriorswapError(f"role must be 'model' or 'prior', got {role!r}")
+    if not isinstance(ref, str | os.PathLike):
+        raise PriorswapError(f"load_denoiser takes a registry id, a folder or a checkpoint file, got a "
+                             f"{type(ref).__name__}")
+    device = checks.device(device, option="device", allow_meta=True)
+    dtype = as_dtype(dtype, "dtype")
+    plugins = plugins or get_plugins()
+    resolved = resolve(os.fspath(ref), plugins.load_registry(registry_files), plugins, allow_pickle=allow_pickle)
+    problem = role_problem(resolved, role)
+    if problem is not None:
+        raise RegistryError(problem)
+    return load(resolved, role, plugins, offline=offline, allow_pickle=allow_pickle, dtype=dtype,
+                device=device).denoiser

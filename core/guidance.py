@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -20,6 +20,9 @@ Level = Literal["full", "partial", "null"]
 Branch = tuple[Role, Level]
 
 REFERENCE: Branch = ("model", "full")
+ROLES: tuple[Role, ...] = ("model", "prior")
+LEVELS: tuple[Level, ...] = ("full", "partial", "null")
+_KEEP = object()  # `with_options`: keep the rule's own value
 
 
 @dataclass(frozen=True)
@@ -30,8 +33,17 @@ class Term:
     role: Role
     level: Level
 
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise GuidanceError(f"a guidance term's role is one of {', '.join(ROLES)}, got {self.role!r}")
+        if self.level not in LEVELS:
+            raise GuidanceError(f"a guidance term's level is one of {', '.join(LEVELS)}, got {self.level!r}")
+        if isinstance(self.weight, bool) or not isinstance(self.weight, int | float):
+            raise GuidanceError(f"a guidance term's weight is a number, got {self.weight!r}")
+
     @property
     def branch(self) -> Branch:
+        """(role, level): the prediction this term weighs."""
         return (self.role, self.level)
 
 
@@ -55,16 +67,19 @@ class Guidance:
         total = sum(t.weight for t in self.terms)
         if not math.isclose(total, 1.0, rel_tol=1e-9, abs_tol=1e-9):
             raise GuidanceError(f"guidance weights must sum to 1, got {total}")
-        if not 0.0 <= self.rescale <= 1.0:
-            raise GuidanceError(f"rescale must be in [0, 1], got {self.rescale}")
-        if self.interval is not None and self.interval[0] > self.interval[1]:
-            raise GuidanceError(f"interval must be (low, high) with low ≤ high, got {self.interval}")
+        if isinstance(self.rescale, bool) or not isinstance(self.rescale, int | float) or not 0 <= self.rescale <= 1:
+            raise GuidanceError(f"rescale must be a number in [0, 1], got {self.rescale!r}")
+        if self.interval is not None and not _is_interval(self.interval):
+            raise GuidanceError(f"interval must be (σ_low, σ_high), two numbers with 0 ≤ σ_low ≤ σ_high, got "
+                                f"{self.interval!r}")
 
     @property
     def uses_prior(self) -> bool:
+        """Whether any non-zero term is the prior's: the pair needs one."""
         return any(t.role == "prior" and t.weight != 0.0 for t in self.terms)
 
     def active(self, sigma: float) -> bool:
+        """Whether guidance applies at σ (always, without an interval)."""
         return self.interval is None or self.interval[0] <= sigma <= self.interval[1]
 
     def terms_at(self, sigma: float) -> tuple[Term, ...]:
@@ -74,18 +89,30 @@ class Guidance:
         return tuple(t for t in self.terms if t.weight != 0.0)
 
     def combine(self, preds: Mapping[Branch, torch.Tensor], sigma: float) -> torch.Tensor:
+        """The guided x̂0 at σ from each branch's x̂0 (`preds`), with rescale when set."""
         terms = self.terms_at(sigma)
         out = sum(t.weight * preds[t.branch] for t in terms)
         if self.rescale > 0.0 and len(terms) > 1:
             out = rescale(out, preds[REFERENCE], self.rescale)
         return out
 
-    def with_options(self, rescale: float | None = None, interval: tuple[float, float] | None = None) -> Guidance:
-        return replace(
-            self,
-            rescale=self.rescale if rescale is None else rescale,
-            interval=self.interval if interval is None else interval,
-        )
+    def with_options(self, rescale: float | None = None, interval: Any = _KEEP) -> Guidance:
+        """The same rule with another rescale φ and/or σ interval; `interval=None` removes the interval, an
+        option not given keeps the rule's own."""
+        if interval is _KEEP:
+            interval = self.interval
+        elif isinstance(interval, list):
+            interval = tuple(interval)
+        return replace(self, rescale=self.rescale if rescale is None else rescale, interval=interval)
+
+
+def _is_interval(value: Any) -> bool:
+    """(σ_low, σ_high): two finite-or-infinite non-negative numbers in order."""
+    if not isinstance(value, tuple) or len(value) != 2:
+        return False
+    if any(isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v) for v in value):
+        return False
+    return 0 <= value[0] <= value[1]
 
 
 def rescale(guided: torch.Tensor, reference: torch.Tensor, phi: float) -> torch.Tensor:

@@ -126,23 +126,28 @@ def run_record(
     }
 
 
-def sample_arguments(record: dict[str, Any], noise: Any = None) -> dict[str, Any]:
-    """`Pair.sample` keyword arguments that redo the recorded run (load the recorded model and prior first;
-    a grid's record holds all its seeds, so pass one `seed=` of them). A run that started from a given
-    noise tensor (`record["noise"] == "given"`) redoes only with that tensor: pass it as `noise`."""
+def sample_arguments(record: dict[str, Any], noise: Any = None, seed: int | None = None) -> dict[str, Any]:
+    """`Pair.sample` keyword arguments that redo the recorded run (load the recorded model and prior first).
+    A grid made with several seeds records them all: choose the one to redo with `seed=`. A run that started
+    from a given noise tensor (`record["noise"] == "given"`) redoes only with that tensor: pass it as `noise`."""
     from .guidance import Guidance, Term
 
     if record.get("noise") == "given" and noise is None:
         raise PriorswapError("this run started from a noise tensor given to Pair.sample, not from its seed; pass "
                              "the same tensor: sample_arguments(record, noise=...)")
+    recorded = record["seed"] if isinstance(record["seed"], list) else [record["seed"]]
+    if seed is None and len(recorded) > 1:
+        raise PriorswapError(f"this record holds {len(recorded)} runs, seeds {', '.join(map(str, recorded))}: choose "
+                             f"one, sample_arguments(record, seed={recorded[0]})")
+    if seed is not None and seed not in recorded:
+        raise PriorswapError(f"seed {seed!r} is not one this record was made with ({', '.join(map(str, recorded))})")
 
     g = record["guidance"]
     rule = Guidance(g["method"], tuple(Term(t["weight"], t["role"], t["level"]) for t in g["terms"]),
                     g["rescale"], tuple(g["interval"]) if g["interval"] is not None else None)
     args = {"inputs": record["inputs"], "guidance": rule, "steps": record["steps"], "scheduler": record["scheduler"],
             "eta": record["eta"], "num_samples": record["num_samples"]}
-    if isinstance(record["seed"], int):
-        args["seed"] = record["seed"]
+    args["seed"] = recorded[0] if seed is None else seed
     if noise is not None:
         args["noise"] = noise
     if record.get("autocast"):

@@ -127,7 +127,7 @@ def test_records_name_the_device_and_hash_every_input_file_and_latents_carry_one
         k: v for k, v in rec.items() if k not in ("seed", "index")}
     # the record alone redoes the saved latents (rows seed by seed)
     pair = priorswap.load_pair(batch["model"]["id"])
-    again = [pair.sample(**sample_arguments(batch), seed=s, decode=False).latents for s in batch["seed"]]
+    again = [pair.sample(**sample_arguments(batch, seed=s), decode=False).latents for s in batch["seed"]]
     assert torch.equal(torch.cat(again), load_file(latents)["latents"])
     code, out, _ = run_cli(capsys, "info", str(latents))
     out = " ".join(out.split())
