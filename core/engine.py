@@ -16,7 +16,7 @@ from .condition_reuse import reusing
 from .conditions import Condition, concat, expand
 from .ddim import ddim_step
 from .denoiser import Denoiser
-from .errors import PriorswapError
+from .errors import GuidanceError, PriorswapError
 from .guidance import REFERENCE, Branch, Guidance, Role, rescale
 from .parameterization import coefficients, convert_frame, from_x0, to_x0
 from .schedules import TimestepMatch
@@ -85,6 +85,18 @@ class Sampler:
     step let condition reuse recognise them by identity (no value comparison, no device sync)."""
 
     def __post_init__(self) -> None:
+        if "model" not in self.routes:
+            raise GuidanceError("routes needs the model's: routes['model'] = Route(model_denoiser)")
+        for term in self.guidance.terms:  # every branch the rule can use has its route and condition, up front
+            if term.weight == 0.0:
+                continue
+            if term.role not in self.routes:
+                raise GuidanceError(f"guidance {self.guidance.name!r} needs a {term.role} but routes has none: give "
+                                    f"routes[{term.role!r}] = Route(...)")
+            if term.branch not in self.conditions:
+                raise GuidanceError(f"guidance {self.guidance.name!r} uses the {term.role}'s {term.level!r} "
+                                    f"prediction, but conditions has no {term.branch!r}: give its condition dict "
+                                    f"(the task's conditions for the model, null_condition() for a prior's null)")
         model = self.routes["model"].denoiser
         for role, route in self.routes.items():
             if route.match == "same" and route.naive_as is None and not model.schedule.same_as(route.denoiser.schedule):

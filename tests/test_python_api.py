@@ -261,3 +261,20 @@ def test_load_denoiser_loads_one_network_in_its_role(pair):
     assert priorswap.load_denoiser("toy-digits-view", role="model").resolution == 16
     with pytest.raises(PriorswapError, match="role must be 'model' or 'prior', got 'teacher'"):
         priorswap.load_denoiser("toy-digits-base", role="teacher")
+
+
+def test_a_sampler_names_a_missing_route_or_condition_before_running(pair):
+    from priorswap import Route, Sampler
+    from priorswap.api import make_scheduler
+    from priorswap.errors import GuidanceError
+
+    model = pair.model.denoiser
+    sched = make_scheduler("ddim", model.scheduler_config)
+    full = {("model", "full"): pair.task.conditions(pair.inputs(class_label=[3]), model)["full"]}
+    with pytest.raises(GuidanceError, match=r"uses the model's 'null' prediction, but conditions has no "
+                                            r"\('model', 'null'\)"):
+        Sampler({"model": Route(model)}, full, priorswap.cfg(2.0), sched)
+    with pytest.raises(GuidanceError, match="needs a prior but routes has none"):
+        Sampler({"model": Route(model)}, full, priorswap.prior_swap(2.0), sched)
+    with pytest.raises(GuidanceError, match="routes needs the model's"):
+        Sampler({"prior": Route(model)}, full, priorswap.cfg(2.0), sched)
