@@ -379,9 +379,8 @@ def load_pair(
     output as the model's parameterization (the latent-space, size and frame maps it needs stay).
     Raises IncompatiblePair naming the missing adapter when the registry cannot bridge the pair.
     `dtype` / `prior_dtype` set the weights' dtypes, as torch dtypes or names ("fp16", "bf16"; the prior's
-    defaults to the model's); `offload`
-    keeps the networks in CPU memory and moves each to `device` only for its forward pass
-    (accelerate's cpu_offload).
+    defaults to the model's); `offload` keeps the networks in CPU memory and moves each to `device` only for
+    its forward pass (accelerate's cpu_offload).
     """
     if match not in MATCHES:
         raise PriorswapError(f"σ-matching must be one of {', '.join(MATCHES)}, got {match!r}")
