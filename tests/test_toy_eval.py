@@ -102,15 +102,19 @@ def test_edit_task_uses_dual_guidance(reference):
     assert {r.metric for r in records} == {"fd", "psnr", "ssim", "accuracy"}
 
 
-def test_demo_reduced_mode(tmp_path, capsys):
+def test_demo_reduced_mode(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
     out = tmp_path / "demo.png"
-    code, stdout, err = run_cli(capsys, "demo", "--out", str(out), "--samples", "10", "--steps", "3")
+    code, stdout, err = run_cli(capsys, "demo", "--out", str(out), "--samples", "12", "--steps", "3")
     assert code == 0, err
     from PIL import Image
 
     with Image.open(out) as img:
         assert img.width > 600 and img.height > 150
     assert "toy-digits-class" in stdout and "swap: DiT-v" in stdout and "accuracy" in stdout
+    # each table says what it measured: the view model draws a whole number per angle (12 → 2 × 5 angles)
+    assert "12 samples per method" in stdout and "10 samples per method" in stdout, stdout
+    assert "…" not in stdout, stdout  # at 80 columns a cell wraps, no interval is cut off
 
 
 def test_demo_refuses_a_non_png(tmp_path, capsys):

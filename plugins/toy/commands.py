@@ -24,7 +24,9 @@ def register(cli: typer.Typer) -> None:
     @cli.command()
     def demo(
         out: Annotated[Path, typer.Option(help="PNG file for the labelled grid.")] = Path("priorswap-demo.png"),
-        samples: Annotated[int, typer.Option(min=2, help="Samples per method for the metrics table (≥ 2).")] = 64,
+        samples: Annotated[int, typer.Option(
+            min=2, help="Samples per method for the metrics table (≥ 2; the view model takes a whole number per "
+                        "angle: 64 → 60).")] = 64,
         steps: Annotated[int, typer.Option(min=1, help="DDIM steps.")] = 15,
         seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     ) -> None:

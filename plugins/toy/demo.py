@@ -18,9 +18,10 @@ from PIL import Image, ImageDraw, ImageFont
 import priorswap
 
 from . import data
-from .evaluate import Reference, Variant, evaluate
+from .evaluate import Reference, Variant, evaluate, samples_used
 
 CLASS_MODEL, VIEW_MODEL = "toy-digits-class", "toy-digits-view"
+TASKS = {CLASS_MODEL: "toy-class", VIEW_MODEL: "toy-view"}
 VARIANTS = (Variant(None), Variant("toy-digits-base"), Variant("toy-digits-dit-v"))
 ROW_NAMES = ("CFG", "swap: base UNet", "swap: DiT-v")
 CELL, PAD, LABEL_W, HEAD_H = 40, 4, 118, 34
@@ -100,19 +101,20 @@ def grid(seed: int = 0, steps: int = 15, source_index: int = 13,
     return _stack([class_block, view_block])
 
 
-def metrics_table(records: list, model: str):
-    """One compact rich table per model: a row per metric, a column per method (value and 95 % CI)."""
+def metrics_table(records: list, model: str, samples: int):
+    """One compact rich table per model: a row per metric, a column per method (value and 95 % CI); `samples`
+    per method, as measured. A cell wraps (value, then its interval) rather than being cut on a narrow terminal."""
     from rich import box
     from rich.table import Table
 
     mine = [r for r in records if r.model == model and not r.metric.startswith("fd_class")]
     labels = {v.label: name for v, name in zip(VARIANTS, ROW_NAMES, strict=True)}
     methods = list(dict.fromkeys(r.method for r in mine))
-    table = Table(title=f"{model}, γ={mine[0].guidance:g} (95 % bootstrap CI)", title_justify="left",
-                  box=box.SIMPLE_HEAD)
+    table = Table(title=f"{model}, γ={mine[0].guidance:g}, {samples} samples per method (95 % bootstrap CI)",
+                  title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("metric", no_wrap=True)
     for method in methods:
-        table.add_column(labels.get(method, method), no_wrap=True)
+        table.add_column(labels.get(method, method))
     for metric in dict.fromkeys(r.metric for r in mine):
         cells = {r.method: r for r in mine if r.metric == metric}
         table.add_row(metric, *(
@@ -134,6 +136,7 @@ def run(out: Path, samples: int = 64, steps: int = 15, seed: int = 0, console=No
     if steps < 1:
         raise priorswap.PriorswapError(f"steps must be at least 1, got {steps}")
     console = console or Console()
+    used = {model: samples_used(task, samples) for model, task in TASKS.items()}
     start = time.perf_counter()
     records = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -145,14 +148,14 @@ def run(out: Path, samples: int = 64, steps: int = 15, seed: int = 0, console=No
         reference = Reference()
         for model in (CLASS_MODEL, VIEW_MODEL):
             rec = priorswap.Registry.load(plugin_files=priorswap.get_plugins().registry_files).entry(model).recommended
-            bar = progress.add_task(f"measuring {model} ({samples} samples per method)", total=len(VARIANTS))
+            bar = progress.add_task(f"measuring {model} ({used[model]} samples per method)", total=len(VARIANTS))
             done = itertools.count()  # evaluate reports each method as it starts it: the ones before it are done
             records += evaluate(model, list(VARIANTS), [rec.guidance], samples=samples, seeds=(seed,), steps=steps,
                                 n_boot=200, reference=reference,
                                 progress=lambda _, bar=bar, done=done: progress.update(bar, completed=next(done)))
             progress.update(bar, completed=len(VARIANTS))
     for model in (CLASS_MODEL, VIEW_MODEL):
-        console.print(metrics_table(records, model))
+        console.print(metrics_table(records, model, used[model]))
     console.print(
         f"done in {time.perf_counter() - start:.0f} s. FD: lower is better; accuracy, PSNR, SSIM: higher is better. "
         "Full results with several seeds: docs/results-toy.md"

@@ -86,6 +86,12 @@ def _sample(pair, inputs: dict, guidance: Guidance, steps: int, seed: int) -> to
     return torch.cat(out).clamp(-1, 1)
 
 
+def samples_used(task: str, samples: int) -> int:
+    """How many samples per method `task_protocol` draws for `samples`: the view and edit tasks take a whole
+    number per angle or instruction, so they round down (64 → 60 for the view task's five angles)."""
+    return sum(len(labels) for _, _, labels in task_protocol(task, samples))
+
+
 def task_protocol(task: str, samples: int) -> list[tuple[dict, Callable[[], torch.Tensor] | None, np.ndarray]]:
     """[(task inputs, ground truth or None, labels of the targets)] covering `samples` samples."""
     test_images, test_labels = data.load_digits16("test")
