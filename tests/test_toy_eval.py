@@ -1,6 +1,7 @@
 """The evaluation harness and the demo on the shipped toy zoo (small runs)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,6 +173,31 @@ def test_results_page_renders_from_saved_numbers_with_verdict_counts(tmp_path):
     assert "| toy-digits-edit | swap:toy-digits-dit-v (no adapters) | 0 | 4 | 0 |" in page
     assert "At least one swap beat CFG" in page and "worse than CFG in 0 of 12" in page
     assert (tmp_path / "results-toy" / "toy-digits-view.png").stat().st_size > 1000
+    # one seed is "1 seed"; without a toy-zoo.md beside the page the skipped table is named
+    (tmp_path / "results-toy" / "run.json").write_text(json.dumps(
+        {"samples": 7, "seeds": [0], "steps": 5, "machine": "test", "minutes": 1.0}))
+    render_page(tmp_path / "results-toy.md")
+    assert "1 seed × 7 samples per method" in (tmp_path / "results-toy.md").read_text()
+
+
+def test_toy_results_outside_the_repository_stops_before_measuring(tmp_path, capsys, monkeypatch):
+    """Run elsewhere, the default --out docs/results-toy.md has no folder: exit 2 at once, nothing created (it
+    wrote a stray docs/ there before, and skipped the zoo table without a word)."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "toy", "results", "--samples", "2", "--seeds", "0", "--steps", "1")
+    assert code == 2 and "no folder docs; run from the repository root" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_toy_results_says_when_the_zoo_table_is_not_beside_the_page(tmp_path, capsys):
+    import shutil
+
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    (tmp_path / "results-toy").mkdir()
+    for name in ("results.json", "run.json"):
+        shutil.copy(docs / "results-toy" / name, tmp_path / "results-toy" / name)
+    code, _, err = run_cli(capsys, "toy", "results", "--out", str(tmp_path / "page.md"), "--render-only")
+    assert code == 0 and "toy-zoo.md beside the page" in " ".join(err.split()), err
 
 
 def _view_dataset(folder, shuffle_targets: bool):

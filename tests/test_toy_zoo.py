@@ -289,3 +289,22 @@ def test_training_a_fine_tune_without_its_base_is_refused_before_training(tmp_pa
     message = " ".join(err.split())
     assert code == 2 and "toy-digits-class fine-tune(s) toy-digits-base" in message
     assert "--only toy-digits-base" in message and not (tmp_path / "zoo").exists()
+
+
+def test_toy_train_sets_the_thread_count_it_is_given(tmp_path, capsys, monkeypatch):
+    """`--threads 1` is the setting the shipped weights were trained with (docs/toy-zoo.md): the CLI applies it."""
+    import torch
+    from clihelp import run_cli
+
+    from priorswap.plugins.toy import train as training
+
+    seen = []
+    monkeypatch.setattr(training, "train_zoo", lambda **kwargs: seen.append(torch.get_num_threads()) or {})
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # so that 1 is a change on any machine
+    try:
+        code, _, err = run_cli(capsys, "toy", "train", "--only", "toy-digits-base", "--out", str(tmp_path), "--threads",
+                               "1")
+    finally:
+        torch.set_num_threads(before)
+    assert code == 0 and seen == [1], err

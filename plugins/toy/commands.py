@@ -51,6 +51,8 @@ def register(cli: typer.Typer) -> None:
         out: Annotated[Path | None, typer.Option(help="Output folder (default: the package's weights).")] = None,
         scale: Annotated[float, typer.Option(help="Multiply every step count (e.g. 0.01 for a smoke run).")] = 1.0,
         seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+        threads: Annotated[int | None, typer.Option(
+            min=1, help="torch threads (the shipped weights: 1; default: torch's).")] = None,
     ) -> None:
         """Train the zoo (about an hour on 2 cores), seeded, with EMA weights."""
         from . import train as training
@@ -61,6 +63,10 @@ def register(cli: typer.Typer) -> None:
         kwargs = {"only": only or None, "scale": scale, "seed": seed}
         if out is not None:
             kwargs["out_dir"] = out
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         stats = training.train_zoo(**kwargs)
         for model, s in stats.items():
             typer.echo(f"{model}: {s}")
@@ -78,8 +84,14 @@ def register(cli: typer.Typer) -> None:
     ) -> None:
         """Regenerate docs/results-toy.md: every task × {CFG, swap base, swap DiT-v, swap DiT-v without
         adapters} × γ ∈ {1.25, 1.5, 2, 3}, plus each model's unconditional FD."""
+        from priorswap import checks
+
         from .results import render_page, write_page
 
+        if not out.parent.is_dir():  # the page links its figures in results-toy/ beside it: a folder of pages
+            raise PriorswapError(f"--out {out}: no folder {out.parent}; run from the repository root (the default "
+                                 "is docs/results-toy.md) or give --out in an existing folder")
+        checks.writable_file(out, "--out")
         if render_only:
             if not (out.parent / "results-toy" / "results.json").is_file():
                 raise PriorswapError(f"no {out.parent / 'results-toy' / 'results.json'} to render: run without "
