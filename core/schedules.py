@@ -82,14 +82,16 @@ class DiscreteSchedule:
         log_sigma = math.log(sigma)
         if match == "nearest":
             return float(np.nanargmin(np.abs(self.log_sigmas - log_sigma)))
-        hi = int(np.searchsorted(self.log_sigmas, log_sigma, side="left"))
+        # the grid point and the bracket are found on σ itself: math.log and numpy's vectorised log may differ by
+        # an ulp (numpy 1.26 on AVX-512 CPUs), which would miss an exact grid point compared in log space
+        hi = int(np.searchsorted(self.sigmas, sigma, side="left"))
         lo = hi - 1
-        if self.log_sigmas[hi] == log_sigma:
+        if self.sigmas[hi] == sigma:
             return float(hi)
         if not math.isfinite(self.log_sigmas[hi]):
             return float(lo)
         w = (log_sigma - self.log_sigmas[lo]) / (self.log_sigmas[hi] - self.log_sigmas[lo])
-        return lo + float(w)
+        return lo + min(max(float(w), 0.0), 1.0)
 
     def same_as(self, other: object) -> bool:
         return (

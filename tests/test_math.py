@@ -99,6 +99,21 @@ def test_sigma_matching_exact_at_grid_points(i, match):
         assert sched.t_to_sigma(i) == float(sched.sigmas[i])
 
 
+def test_grid_points_stay_exact_when_numpy_and_math_logs_differ_by_an_ulp():
+    """numpy 1.26's AVX-512 log differs from math.log by an ulp for some σ: a grid σ must still map to its index
+    (the table's logs are nudged by one ulp here to stand for that numpy)."""
+    import copy
+
+    for sched in (LINEAR, COSINE):
+        for direction in (-np.inf, np.inf):
+            nudged = copy.copy(sched)
+            nudged.log_sigmas = np.nextafter(sched.log_sigmas, direction)
+            for i in (1, 10, 500, 998):
+                assert nudged.sigma_to_t(float(sched.sigmas[i])) == float(i)
+                between = math.exp(0.5 * (sched.log_sigmas[i] + sched.log_sigmas[i + 1]))
+                assert i <= nudged.sigma_to_t(between) <= i + 1
+
+
 def test_continuous_matching_interpolates_log_sigma():
     s = math.exp(0.5 * (LINEAR.log_sigmas[10] + LINEAR.log_sigmas[11]))
     assert LINEAR.sigma_to_t(s) == pytest.approx(10.5, abs=1e-9)
