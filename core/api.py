@@ -88,12 +88,12 @@ def as_dtype(value: Any, name: str,
     if value is None:
         return None
     text = str(value).lower().removeprefix("torch.")
-    name_of = DTYPES.get(text, {"fp64": "float64"}.get(text, text))
-    if name_of not in allowed:
-        short = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
-        takes = ", ".join(f"torch.{a} ('{short[a]}')" for a in allowed)
+    full = DTYPES.get(text, text)
+    if full not in allowed:
+        short = {f: n for n, f in DTYPES.items() if n != f}  # float16 → fp16, as the CLI spells it
+        takes = ", ".join(f"torch.{a}" + (f" ('{short[a]}')" if a in short else "") for a in allowed)
         raise PriorswapError(f"{name} takes {takes}, got {value!r}")
-    return getattr(torch, name_of)
+    return getattr(torch, full)
 
 
 def _number(value: Any, name: str) -> float:
@@ -200,7 +200,7 @@ class Pair:
         if isinstance(inputs, TaskInputs):
             if not kwargs:
                 return inputs
-            inputs = {name: getattr(inputs, name) for name in type(inputs).model_fields}
+            inputs = dict(inputs)  # its fields, values as validated
         elif inputs is not None and not isinstance(inputs, Mapping):
             raise TaskInputError(f"task inputs come as keywords, a dict or pair.inputs(...), got a "
                                  f"{type(inputs).__name__}: e.g. pair.sample({_example(self.task)})")

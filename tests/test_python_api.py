@@ -250,7 +250,7 @@ def test_a_tensor_in_a_bad_input_is_named_by_its_shape_not_printed():
 
 
 def test_load_denoiser_loads_one_network_in_its_role(pair):
-    base = priorswap.load_denoiser("toy-digits-base", dtype="fp64")
+    base = priorswap.load_denoiser("toy-digits-base", dtype="float64")
     assert type(base) is type(pair.prior.denoiser) and base.dtype == torch.float64
     for name, p in pair.prior.denoiser.net.state_dict().items():
         assert torch.equal(base.net.state_dict()[name], p.double()), name
