@@ -5,8 +5,12 @@ The random full-size folders come from bench/fullsize.py (no download). The pair
 `priorswap.load_pair(model_folder, prior_folder)`; then, after a warm-up, runs of `--steps` DDIM steps
 of the 256 px novel-view task (latent 32×32, decode off) alternate between
 
-  cfg         guidance="cfg":        one forward of the model, batch 2 (condition + null)
-  prior-swap  guidance="prior-swap": the model, batch 1 (condition), and the prior, batch 1 (its null)
+  cfg          guidance="cfg":        one forward of the model, batch 2 (condition + null)
+  prior-swap   guidance="prior-swap": the model, batch 1 (condition), and the prior, batch 1 (its null),
+               one after the other, each on all threads
+  cfg ∥        CFG with parallel_forwards=True (the CLI's --parallel-forwards): the two halves of its
+               batch at the same time, each on its share of the threads (CPU only)
+  swap ∥       the swap with parallel_forwards=True: its two forwards at the same time (CPU only)
 
 The task's conditions (source image through the CLIP image encoder and the VAE encoder) are the same
 in every run, so they are computed once and reused, and short runs alternate finely (less drift between
@@ -16,8 +20,9 @@ network derives from its condition alone (the engine reuses it at later steps), 
 the first step and the later steps apart, and from them the seconds per step of a 50-step run
 (Zero-1-to-3's default): (first + 49·later) / 50. It prints the medians of each, the ratio swap/CFG for
 the short runs as run and for a 50-step run, and PASS/FAIL against the target swap/CFG ≤ 1.05 on a
-50-step run; then (unless --no-breakdown) it times the bare network forwards behind each step to show
-where a difference comes from.
+50-step run, each method as priorswap runs it fastest here: the faster of its two kinds (on a GPU, where
+parallel forwards are refused, the one kind). Then (unless --no-breakdown) it times the bare network forwards
+behind each step, to show where a difference comes from.
 
     flock /tmp/priorswap-bench.lock python bench/step_time.py [--work DIR] [--threads N] [--repeats 10] [--steps 3]
         [--samples 1] [--conv onednn|native]
@@ -44,6 +49,7 @@ import os
 import statistics
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -56,7 +62,9 @@ import torch  # noqa: E402
 
 TARGET = 1.05
 RUN_STEPS = 50  # the paper's Zero-1-to-3 setting: the run length the target is read at
-METHODS = ("cfg", "prior-swap")
+METHODS = {"cfg": {"guidance": "cfg"}, "prior-swap": {"guidance": "prior-swap"},
+           "cfg ∥": {"guidance": "cfg", "parallel_forwards": True},
+           "swap ∥": {"guidance": "prior-swap", "parallel_forwards": True}}
 DEVICE = "cpu"  # set by main from --device
 POSE = {"azimuth": 30.0, "polar": 10.0, "radius": 0.0}
 
@@ -83,32 +91,41 @@ def cache_conditions(pair) -> None:
     pair.task.conditions = conditions
 
 
-def time_forwards(pair) -> list[float]:
-    """Wraps the model's and the prior's `forward` to log the seconds of every call into the returned list:
-    a step's time minus its forwards is what the engine adds around the networks."""
-    log: list[float] = []
+def time_forwards(pair) -> list[tuple[float, float]]:
+    """Wraps the model's and the prior's `forward` to log the (start, end) of every call into the returned list:
+    a step's time minus the time within forwards (`busy`) is what the engine adds around the networks."""
+    log: list[tuple[float, float]] = []
     for denoiser in (pair.model.denoiser, pair.prior.denoiser):
         def timed(*args, _forward=denoiser.forward, **kwargs):
             start = now()
             out = _forward(*args, **kwargs)
-            log.append(now() - start)
+            log.append((start, now()))
             return out
 
         denoiser.forward = timed
     return log
 
 
+def busy(intervals: list[tuple[float, float]]) -> float:
+    """Seconds covered by at least one of the (start, end) intervals (forwards that overlap count once)."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        total += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    return total
+
+
 def run_steps(pair, image: Path, method: str, steps: int, samples: int,
-              forwards: list[float]) -> tuple[list[float], float, dict[str, int]]:
+              forwards: list[tuple[float, float]]) -> tuple[list[float], float, dict[str, int]]:
     """One sampling run of `steps` steps drawing `samples` samples (conditions cached); returns the seconds
     of each step (the first from the call on), the seconds spent outside the network forwards (logged into
     `forwards` by `time_forwards`) and the forward calls."""
     forwards.clear()
     marks = [now()]
-    result = pair.sample(image=image, guidance=method, steps=steps, seed=0, decode=False, num_samples=samples,
-                         callback=lambda info: marks.append(now()), **POSE)
+    result = pair.sample(image=image, steps=steps, seed=0, decode=False, num_samples=samples,
+                         callback=lambda info: marks.append(now()), **METHODS[method], **POSE)
     durations = [b - a for a, b in itertools.pairwise(marks)]
-    return durations, sum(durations) - sum(forwards), result.forward_calls
+    return durations, sum(durations) - busy(forwards), result.forward_calls
 
 
 def per_run(first: float, later: float, steps: int) -> float:
@@ -119,10 +136,12 @@ def per_run(first: float, later: float, steps: int) -> float:
 @torch.no_grad()
 def forward_breakdown(pair, repeats: int, n: int) -> dict[str, float]:
     """Median seconds of the bare network forwards a step of `n` samples makes: model batch 2n (CFG), model
-    batch n and prior batch n (prior swap), at the 32×32 latent, interleaved. They run as in a sampling run,
-    reusing what the networks compute from their conditions alone (`priorswap.condition_reuse`); the prior's
-    forward is also timed without that reuse, to show what it saves."""
+    batch n and prior batch n (prior swap), on a CPU also at once (parallel forwards: the model's and the
+    prior's, and the two halves of CFG's batch), at the 32×32 latent, interleaved. They run as in a sampling
+    run, reusing what the networks compute from their conditions alone (`priorswap.condition_reuse`); the
+    prior's forward is also timed without that reuse, to show what it saves."""
     from priorswap.condition_reuse import reusing
+    from priorswap.parallel_forwards import ForwardThreads
 
     model, prior = pair.model.denoiser, pair.prior.denoiser
     size = model.resolution // model.latent_space.downsample
@@ -154,18 +173,29 @@ def forward_breakdown(pair, repeats: int, n: int) -> dict[str, float]:
     def prior_forward():
         return prior.forward(x[:n].to(prior.dtype), t[:n], p_cond)
 
+    def model_forward():
+        return model.forward(x[:n], t[:n], {k: v[:n] for k, v in m_cond.items()})
+
+    def model_second_half():
+        return model.forward(x[n:], t[n:], {k: v[n:] for k, v in m_cond.items()})
+
     calls = {
         f"model, batch {2 * n}": in_a_run(lambda: model.forward(x, t, m_cond)),
-        f"model, batch {n}": in_a_run(lambda: model.forward(x[:n], t[:n], {k: v[:n] for k, v in m_cond.items()})),
+        f"model, batch {n}": in_a_run(model_forward),
         f"prior, batch {n}": in_a_run(prior_forward),
         f"prior, batch {n}, no reuse": alone(prior_forward),
     }
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for call in calls.values():  # warm-up
-        call()
-    for _ in range(repeats):
-        for name, call in calls.items():
-            times[name].append(call())
+    with ExitStack() as stack:
+        if DEVICE == "cpu":
+            threads = stack.enter_context(ForwardThreads(2))
+            calls[f"model b{n} ∥ prior b{n}"] = in_a_run(lambda: threads.run([model_forward, prior_forward]))
+            calls[f"model b{n} ∥ model b{n}"] = in_a_run(lambda: threads.run([model_forward, model_second_half]))
+        times: dict[str, list[float]] = {k: [] for k in calls}
+        for call in calls.values():  # warm-up
+            call()
+        for _ in range(repeats):
+            for name, call in calls.items():
+                times[name].append(call())
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -238,14 +268,16 @@ def main(argv: list[str] | None = None) -> int:
               "runs of each")
         cache_conditions(pair)
         forwards = time_forwards(pair)
+        methods = list(METHODS) if DEVICE == "cpu" else ["cfg", "prior-swap"]  # parallel forwards: CPU only
+        swaps = [m for m in methods if METHODS[m]["guidance"] == "prior-swap"]
         calls: dict[str, dict[str, int]] = {}
         for _ in range(args.warmup):
-            for method in METHODS:
+            for method in methods:
                 run_steps(pair, paths["image"], method, args.steps, args.samples, forwards)
-        steps_of: dict[str, list[list[float]]] = {m: [] for m in METHODS}
-        outside: dict[str, list[float]] = {m: [] for m in METHODS}
+        steps_of: dict[str, list[list[float]]] = {m: [] for m in methods}
+        outside: dict[str, list[float]] = {m: [] for m in methods}
         for i in range(args.repeats):
-            order = METHODS if i % 2 == 0 else METHODS[::-1]  # neither always runs first
+            order = methods[i % len(methods):] + methods[:i % len(methods)]  # each runs first in turn
             for method in order:
                 durations, extra, calls[method] = run_steps(pair, paths["image"], method, args.steps, args.samples,
                                                             forwards)
@@ -257,16 +289,18 @@ def main(argv: list[str] | None = None) -> int:
     short = {m: [sum(d) / len(d) for d in runs] for m, runs in steps_of.items()}
     first = {m: med(d[0] for d in runs) for m, runs in steps_of.items()}
     later = {m: med(statistics.fmean(d[1:]) for d in runs) for m, runs in steps_of.items()}
-    full = {m: per_run(first[m], later[m], RUN_STEPS) for m in METHODS}
-    for m in METHODS:
+    full = {m: per_run(first[m], later[m], RUN_STEPS) for m in methods}
+    for m in methods:
         per_step = {k: v // args.steps for k, v in calls[m].items()}
         print(f"{m:11s} runs of {args.steps} steps: median {med(short[m]):7.3f} s/step (min {min(short[m]):.3f}, "
               f"max {max(short[m]):.3f}, {len(short[m])} runs); first step {first[m]:.3f} s, later steps "
               f"{later[m]:.3f} s; outside the network forwards {1000 * med(outside[m]):.0f} ms/step; forwards per step "
               f"{per_step}")
-    paired = med(s / c for c, s in zip(short["cfg"], short["prior-swap"], strict=True))
-    print(f"runs of {args.steps} steps: swap/CFG = {med(short['prior-swap']) / med(short['cfg']):.3f} (median of the "
-          f"ratios of adjacent runs {paired:.3f}); later steps alone: {later['prior-swap'] / later['cfg']:.3f}")
+    for m in swaps:
+        base = "cfg ∥" if m == "swap ∥" else "cfg"
+        paired = med(s / c for c, s in zip(short[base], short[m], strict=True))
+        print(f"runs of {args.steps} steps: {m}/{base} = {med(short[m]) / med(short[base]):.3f} (median of the "
+              f"ratios of adjacent runs {paired:.3f}); later steps alone: {later[m] / later[base]:.3f}")
     if breakdown:
         print("bare network forwards (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in breakdown.items()))
         n = args.samples
@@ -274,15 +308,22 @@ def main(argv: list[str] | None = None) -> int:
         batched = breakdown[f"model, batch {2 * n}"]
         print(f"  model b{n} + prior b{n} = {split:.3f} s vs model b{2 * n} = {batched:.3f} s "
               f"(ratio {split / batched:.3f})")
+        both = breakdown.get(f"model b{n} ∥ prior b{n}")
+        if both is not None:
+            halves = breakdown[f"model b{n} ∥ model b{n}"]
+            print(f"  at once, {torch.get_num_threads()} threads shared: model b{n} ∥ prior b{n} = {both:.3f} s vs "
+                  f"model b{n} ∥ model b{n} (CFG's halves) = {halves:.3f} s (ratio {both / halves:.3f})")
         saved = 1 - breakdown[f"prior, batch {n}"] / breakdown[f"prior, batch {n}, no reuse"]
         print(f"  reusing the prior's projections of its null condition saves {saved:.0%} of its forward")
         read, size = weight_read_time(pair.prior.denoiser.net, args.repeats)
         print(f"  reading the prior's {size / 2**20:.0f} MiB of weights once takes {read:.3f} s "
               f"({size / read / 1e9:.1f} GB/s), {read / batched:.1%} of the CFG forward: a swap step reads both "
               "networks' weights, a CFG step the model's only")
-    ratio = full["prior-swap"] / full["cfg"]
-    line = (f"a {RUN_STEPS}-step run: cfg {full['cfg']:.3f} s/step, prior-swap {full['prior-swap']:.3f} s/step, "
-            f"ratio swap/CFG = {ratio:.3f}")
+    swap = min(swaps, key=full.get)  # each method at its fastest here
+    cfg = min((m for m in methods if m not in swaps), key=full.get)
+    ratio = full[swap] / full[cfg]
+    line = (f"a {RUN_STEPS}-step run: " + ", ".join(f"{m} {full[m]:.3f} s/step" for m in methods)
+            + f"; fastest swap / fastest CFG = {swap} / {cfg} = {ratio:.3f}")
     if args.tiny:
         print(f"{line}  (tiny networks: per-step overhead dominates; diagnostic only, no target)")
         return 0

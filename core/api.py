@@ -230,6 +230,7 @@ class Pair:
         num_samples: int = 1,
         eta: float | None = None,
         autocast: torch.dtype | str | None = None,
+        parallel_forwards: bool = False,
         **task_inputs: Any,
     ) -> SampleResult:
         """Samples the model's task. `guidance` is a Guidance or a method name (cfg, prior-swap,
@@ -237,7 +238,9 @@ class Pair:
         `num_samples` draws that many samples per task input (rows ordered input by input). `eta`: DDIM
         stochasticity (default: the registry's recommendation, usually 0). `autocast` (e.g. torch.float16)
         runs the networks under torch.autocast in that dtype, weights unchanged (mixed precision, as the
-        official DynamiCrafter scripts sample). The initial noise is
+        official DynamiCrafter scripts sample). `parallel_forwards` runs a step's model and prior forwards at the
+        same time on the CPU, each on its share of the threads (faster for big networks; CPU only). The initial
+        noise is
         `torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=<the model's dtype>)` drawn on
         the CPU and moved to the model's device, or `noise` when given: unit-variance noise of exactly that
         shape (DDIM's η noise still comes from `seed`)."""
@@ -263,6 +266,8 @@ class Pair:
         if callback is not None and not callable(callback):
             raise PriorswapError(f"callback must be a function taking a StepInfo, got {callback!r}")
         autocast = as_dtype(autocast, "autocast", ("float16", "bfloat16"))
+        if not isinstance(parallel_forwards, bool):
+            raise PriorswapError(f"parallel_forwards must be True or False, got {_short(parallel_forwards)}")
         rec = self.model.resolved.entry.recommended
         args = self.inputs(inputs, **task_inputs)
         steps = rec.steps if steps is None else steps
@@ -299,14 +304,14 @@ class Pair:
         start = randn_tensor(shape, generator=generator, dtype=model.dtype)
         if noise is not None:
             start = noise.to(model.dtype)
-        sampler = Sampler(self.routes, conditions, rule, sched)
+        sampler = Sampler(self.routes, conditions, rule, sched, parallel_forwards=parallel_forwards)
         mixed = torch.autocast(model.device.type, dtype=autocast) if autocast is not None else nullcontext()
         with mixed:
             latents = sampler.run(start.to(model.device), steps, callback, eta=eta, generator=generator)
         images = self.task.decode_with(latents, args) if decode else None
         record = run_record(self, rule, args, steps=steps, scheduler=scheduler, eta=eta, seed=seed,
                             num_samples=num_samples, autocast=autocast,
-                            noise="seed" if noise is None else "given")
+                            noise="seed" if noise is None else "given", parallel_forwards=parallel_forwards)
         return SampleResult(latents, images, rule, seed, steps, dict(sampler.forward_calls), record)
 
 

@@ -309,6 +309,11 @@ def sample(
         bool, typer.Option(
             "--offload", help="Keep networks in CPU memory, move each to the device per forward (accelerate).")
     ] = False,
+    parallel_forwards: Annotated[
+        bool, typer.Option(
+            "--parallel-forwards", help="CPU: run the model's and the prior's forwards (CFG: the halves of the "
+            "batch) at once, on half the threads each (faster for big networks).")
+    ] = False,
     registry: RegistryOpt = None,
 ) -> None:
     """Sample a fine-tuned model with guidance from a prior. Task inputs follow as options,
@@ -339,6 +344,9 @@ def sample(
     device = checks.device(device)
     if prior_dtype is not None and prior is None:
         raise PriorswapError("--prior-dtype needs --prior (without a prior, --dtype sets the model's weights)")
+    if parallel_forwards and not device.startswith("cpu"):
+        raise PriorswapError(f"--parallel-forwards runs forwards side by side on CPU threads, but the networks run "
+                             f"on {device}: leave it off there, or add --device cpu")
 
     import torch
 
@@ -365,6 +373,10 @@ def sample(
     rule = pair.guidance_for(method, guidance, image_guidance).with_options(rescale=rescale, interval=lo_hi)
     if pair.inserted:
         err.print(f"[dim]adapters: {'; '.join(pair.inserted)}[/]")
+    rows = pair.task.batch_size(inputs) * num_samples
+    if not parallel_forwards and _parallel_would_help(pair, rule, device, rows):
+        err.print("[dim]tip: --parallel-forwards runs the model's and the prior's forwards at once on the CPU "
+                  "(faster for networks this size)[/]")
     from .media import progress_callback
 
     n_steps = steps or pair.model.resolved.entry.recommended.steps
@@ -378,7 +390,7 @@ def sample(
         with progress_callback(n_steps, label, err) as callback:
             result = pair.sample(inputs, guidance=rule, steps=n_steps, seed=s, scheduler=scheduler,
                                  callback=callback, decode=decode, num_samples=num_samples, eta=eta,
-                                 autocast=mixed)
+                                 autocast=mixed, parallel_forwards=parallel_forwards)
         if decode and result.images is None:  # a task whose can_decode promised more than decode gave
             raise PriorswapError(f"'{model}' has no decoder (vae/ folder); use --save-latents instead")
         latents.append(result.latents.float().cpu())
@@ -415,6 +427,27 @@ def sample(
         err.print(f"images → {out}")
     if out_dir is not None:
         err.print(f"{len(names)} images → {out_dir}/")
+
+
+PARALLEL_TIP_PARAMETERS = 100_000_000
+"""Denoising networks from this size up gain from `--parallel-forwards` on a CPU (bench/step_time.py)."""
+
+
+def _parallel_would_help(pair: Any, rule: Any, device: str, rows: int) -> bool:
+    """When `sample` suggests --parallel-forwards: the CPU with at least two threads, big networks, and a step
+    whose work splits evenly in two (`rows` samples per branch): a model and a prior forward with as many
+    branches each, or one forward with an even number of rows. Uneven halves leave a thread idle."""
+    import torch
+
+    if not device.startswith("cpu") or torch.get_num_threads() < 2:
+        return False
+    model, prior = (len({t.level for t in rule.terms if t.role == role and t.weight != 0.0})
+                    for role in ("model", "prior"))
+    even = model == prior if prior else model * rows % 2 == 0
+    if not even:
+        return False
+    net = getattr(pair.model.denoiser, "net", None)
+    return isinstance(net, torch.nn.Module) and sum(p.numel() for p in net.parameters()) >= PARALLEL_TIP_PARAMETERS
 
 
 def _check_task_inputs(
@@ -856,7 +889,8 @@ def info(
              + (f", σ interval {g['interval']}" if g.get("interval") else "")),
             ("sampling", f"{rec.get('steps')} steps, {rec.get('scheduler')}, η={rec.get('eta')}, seed {rec.get('seed')}"
              + (f", sample {rec['index']}" if rec.get("index") is not None else "")
-             + (f", autocast {rec['autocast']}" if rec.get("autocast") else "")),
+             + (f", autocast {rec['autocast']}" if rec.get("autocast") else "")
+             + (", parallel forwards" if rec.get("parallel_forwards") else "")),
             ("task", str(rec.get("task"))),
             ("inputs", json.dumps(rec.get("inputs"), ensure_ascii=False)),
         ]

@@ -7,6 +7,7 @@ import functools
 import inspect
 import math
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +19,7 @@ from .ddim import ddim_step
 from .denoiser import Denoiser
 from .errors import GuidanceError, PriorswapError
 from .guidance import REFERENCE, Branch, Guidance, Role, rescale
+from .parallel_forwards import ForwardThreads
 from .parameterization import coefficients, convert_frame, from_x0, to_x0
 from .schedules import TimestepMatch
 
@@ -71,7 +73,10 @@ class Sampler:
     """Runs a guidance rule over routes with a diffusers scheduler.
 
     `conditions` maps each branch (role, level) to its condition; `routes` maps each role to a
-    Route. The model's scheduler defines the timesteps, σ and the state's frame.
+    Route. The model's scheduler defines the timesteps, σ and the state's frame. With
+    `parallel_forwards`, a step's forwards through different routes (the model's and the prior's) run at the
+    same time, each on its share of the CPU threads (`priorswap.parallel_forwards`); a step with one forward
+    (CFG) runs the halves of its batch so instead. CPU only.
     """
 
     routes: Mapping[Role, Route]
@@ -80,9 +85,12 @@ class Sampler:
     scheduler: object
     forward_calls: dict[str, int] = field(default_factory=dict)
     """Forward passes per route, keyed by the roles it served ("model", "prior", "model+prior")."""
+    parallel_forwards: bool = False
     _batched: dict[tuple, Condition] | None = field(default=None, init=False, repr=False)
     """During `run`, the concatenated conditions of each route's branches, built once: the same tensors every
     step let condition reuse recognise them by identity (no value comparison, no device sync)."""
+    _threads: ForwardThreads | None = field(default=None, init=False, repr=False)
+    """During a `run` with `parallel_forwards`, the worker threads a step's forwards run on."""
 
     def __post_init__(self) -> None:
         if "model" not in self.routes:
@@ -98,6 +106,12 @@ class Sampler:
                                     f"prediction, but conditions has no {term.branch!r}: give its condition dict "
                                     f"(the task's conditions for the model, null_condition() for a prior's null)")
         model = self.routes["model"].denoiser
+        if self.parallel_forwards:
+            elsewhere = sorted({f"{role} on {r.denoiser.device}" for role, r in self.routes.items()
+                                if torch.device(r.denoiser.device).type != "cpu"})
+            if elsewhere:
+                raise GuidanceError(f"parallel_forwards runs forwards side by side on CPU threads, but the "
+                                    f"{', '.join(elsewhere)}: leave it off on a GPU")
         for role, route in self.routes.items():
             if route.match == "same" and route.naive_as is None and not model.schedule.same_as(route.denoiser.schedule):
                 raise ValueError(
@@ -121,22 +135,43 @@ class Sampler:
             if route is None:
                 raise ValueError(f"guidance {self.guidance.name!r} needs a {term.role} but none was given")
             groups.setdefault(id(route), (route, []))[1].append(term.branch)
+        calls = [functools.partial(self._route_x0, route, branches, x_vp, sigma, t)
+                 for route, branches in groups.values()]
+        if self._threads is not None and len(calls) > 1:
+            outputs = self._threads.run(calls)
+        elif self._threads is not None:  # one forward (CFG): its rows side by side instead
+            outputs = [self._route_x0(*next(iter(groups.values())), x_vp, sigma, t, split=self._threads)]
+        else:
+            outputs = [call() for call in calls]
         preds: dict[Branch, torch.Tensor] = {}
-        for route, branches in groups.values():
-            batch = x_vp.shape[0]
-            key = (id(route), tuple(branches), batch)
-            cond = None if self._batched is None else self._batched.get(key)
-            if cond is None:
-                cond = concat([expand(self.conditions[b], batch) for b in branches])
-                if self._batched is not None:
-                    self._batched[key] = cond
-            x0 = route.predict(x_vp.repeat(len(branches), *[1] * (x_vp.ndim - 1)), sigma, t, cond)
+        for (_, branches), x0 in zip(groups.values(), outputs, strict=True):
             label = "+".join(sorted({role for role, _ in branches}))
             self.forward_calls[label] = self.forward_calls.get(label, 0) + 1
             preds.update(zip(branches, x0.chunk(len(branches)), strict=True))
         if model.rescale_space == "output" and self.guidance.rescale > 0.0:
             return self._combine_rescaled_output(preds, x_in, sigma)
         return self.guidance.combine(preds, sigma)
+
+    def _route_x0(self, route: Route, branches: list[Branch], x_vp: torch.Tensor, sigma: float,
+                  t: torch.Tensor, split: ForwardThreads | None = None) -> torch.Tensor:
+        """One forward of `route` over its `branches` (batched); their x̂0 predictions, branch after branch.
+        With `split`, the batch's rows go through the network in as many parts as it has workers, side by side
+        (rows are independent: the same predictions)."""
+        batch = x_vp.shape[0]
+        key = (id(route), tuple(branches), batch)
+        cond = None if self._batched is None else self._batched.get(key)
+        if cond is None:
+            cond = concat([expand(self.conditions[b], batch) for b in branches])
+            if self._batched is not None:
+                self._batched[key] = cond
+        x = x_vp.repeat(len(branches), *[1] * (x_vp.ndim - 1))
+        if split is None or x.shape[0] < 2:
+            return route.predict(x, sigma, t, cond)
+        parts = [(int(rows[0]), int(rows[-1]) + 1) for rows in torch.arange(x.shape[0]).tensor_split(split.workers)
+                 if len(rows)]
+        return torch.cat(split.run([
+            functools.partial(route.predict, x[a:b], sigma, t, {k: v[a:b] for k, v in cond.items()})
+            for a, b in parts]))
 
     def _combine_rescaled_output(self, preds: dict[Branch, torch.Tensor], x_in: torch.Tensor, sigma: float):
         """Guidance rescale on the model's own prediction (ε or v) instead of x̂0 (`rescale_space="output"`)."""
@@ -168,12 +203,17 @@ class Sampler:
         if eta and type(sched).__name__ != "DDIMScheduler":
             raise PriorswapError(f"eta={eta:g} needs the DDIM scheduler (got {type(sched).__name__})")
         denoisers = {id(r.denoiser): r.denoiser for r in self.routes.values()}.values()
+        workers = min(max(2, len({id(r) for r in self.routes.values()})), torch.get_num_threads())
         self._batched = {}
         try:
-            with reusing(m for d in denoisers for m in d.condition_modules()):
+            with ExitStack() as stack:
+                if self.parallel_forwards and workers > 1:  # one thread: nothing to share out
+                    self._threads = stack.enter_context(ForwardThreads(workers))
+                stack.enter_context(reusing(m for d in denoisers for m in d.condition_modules()))
                 return self._run(noise, steps, callback, eta, generator)
         finally:
             self._batched = None
+            self._threads = None
 
     def _step_noise(self, generator: torch.Generator | None) -> dict:
         """The seeded generator for a scheduler whose step draws noise (DDPM, Euler ancestral, ...; diffusers

@@ -95,9 +95,10 @@ def _device(denoiser: Any) -> str:
 
 def run_record(
     pair: Pair, rule: Guidance, inputs: TaskInputs, *, steps: int, scheduler: str, eta: float, seed: int,
-    num_samples: int, autocast: Any = None, noise: str = "seed",
+    num_samples: int, autocast: Any = None, noise: str = "seed", parallel_forwards: bool = False,
 ) -> dict[str, Any]:
-    """The facts of one `Pair.sample` call, JSON-ready. `noise` is "seed" (drawn from `seed`) or "given"."""
+    """The facts of one `Pair.sample` call, JSON-ready. `noise` is "seed" (drawn from `seed`) or "given".
+    `parallel_forwards` is recorded only when on (it can change the last bits of a result)."""
     import torch
 
     from . import __version__
@@ -123,6 +124,7 @@ def run_record(
         "autocast": str(autocast).removeprefix("torch.") if autocast is not None else None,
         "inputs": inputs.model_dump(mode="json"),
         "input_sha256": input_hashes(inputs),
+        **({"parallel_forwards": True} if parallel_forwards else {}),
     }
 
 
@@ -154,6 +156,8 @@ def sample_arguments(record: dict[str, Any], noise: Any = None, seed: int | None
         import torch
 
         args["autocast"] = getattr(torch, record["autocast"])
+    if record.get("parallel_forwards"):
+        args["parallel_forwards"] = True
     return args
 
 

@@ -36,6 +36,8 @@ def test_bench_tiny_mode_runs(script, expect, tmp_path):
     if script == "step_time.py":  # first and later steps timed apart, the engine's own cost, the 50-step estimate
         assert "later steps" in done.stdout and "outside the network forwards" in done.stdout
         assert "a 50-step run: cfg" in done.stdout and "reading the prior's" in done.stdout
+        assert "swap ∥/cfg ∥" in done.stdout and "model b2 ∥ prior b2" in done.stdout  # parallel forwards, on a CPU
+        assert "fastest swap / fastest CFG" in done.stdout
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without CUDA")
