@@ -28,7 +28,8 @@ behind each step, to show where a difference comes from.
         [--samples 1] [--conv onednn|native]
 
 `--samples N` draws N samples per run (pair.sample's num_samples): CFG's forward then has 2N rows and
-each swap forward N. The target applies at every N; the default is one sample.
+each swap forward N. The default is one sample, the setting the target is read at; other N print the same
+lines and PASS/FAIL, for comparison.
 
 `--conv native` runs the convolutions on ATen's own path instead of oneDNN (see bench/gemm_batching.py: on
 some CPUs oneDNN's 1280-channel convolutions at 8×8 and 4×4 are several times slower, and batch badly).

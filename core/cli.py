@@ -434,12 +434,13 @@ PARALLEL_TIP_PARAMETERS = 100_000_000
 
 
 def _parallel_would_help(pair: Any, rule: Any, device: str, rows: int) -> bool:
-    """When `sample` suggests --parallel-forwards: the CPU with at least two threads, big networks, and a step
-    whose work splits evenly in two (`rows` samples per branch): a model and a prior forward with as many
-    branches each, or one forward with an even number of rows. Uneven halves leave a thread idle."""
+    """When `sample` suggests --parallel-forwards: the CPU with at least two threads, big networks, one sample
+    per step (`rows`: samples per branch; at four, side by side was slower, bench/step_time.py) and a step
+    whose work splits evenly in two: a model and a prior forward with as many branches each, or one forward
+    with an even number of rows. Uneven halves leave a thread idle."""
     import torch
 
-    if not device.startswith("cpu") or torch.get_num_threads() < 2:
+    if not device.startswith("cpu") or torch.get_num_threads() < 2 or rows != 1:
         return False
     model, prior = (len({t.level for t in rule.terms if t.role == role and t.weight != 0.0})
                     for role in ("model", "prior"))

@@ -206,7 +206,7 @@ def test_the_tip_is_for_alike_forwards_only(pair, monkeypatch, two_threads):
     assert cli._parallel_would_help(pair, priorswap.cfg(2.0), "cpu", 1)  # 2 rows: one each
     assert not cli._parallel_would_help(pair, priorswap.dual_prior_swap(1.5, 7.5), "cpu", 1)
     assert not cli._parallel_would_help(pair, priorswap.dual_cfg(1.5, 7.5), "cpu", 1)  # 3 rows
-    assert cli._parallel_would_help(pair, priorswap.dual_cfg(1.5, 7.5), "cpu", 2)  # 6 rows
+    assert not cli._parallel_would_help(pair, priorswap.prior_swap(2.0), "cpu", 4)  # big batches: slower
     assert not cli._parallel_would_help(pair, priorswap.prior_swap(2.0), "cuda", 1)
 
 
