@@ -142,7 +142,7 @@ def forward_breakdown(pair, repeats: int, n: int) -> dict[str, float]:
     run, reusing what the networks compute from their conditions alone (`priorswap.condition_reuse`); the
     prior's forward is also timed without that reuse, to show what it saves."""
     from priorswap.condition_reuse import reusing
-    from priorswap.parallel_forwards import ForwardThreads
+    from priorswap.parallel_forwards import ForwardThreads, install
 
     model, prior = pair.model.denoiser, pair.prior.denoiser
     size = model.resolution // model.latent_space.downsample
@@ -188,6 +188,7 @@ def forward_breakdown(pair, repeats: int, n: int) -> dict[str, float]:
     }
     with ExitStack() as stack:
         if DEVICE == "cpu":
+            install([*model.offload_modules(), *prior.offload_modules()])  # as a sampling run does
             threads = stack.enter_context(ForwardThreads(2))
             calls[f"model b{n} ∥ prior b{n}"] = in_a_run(lambda: threads.run([model_forward, prior_forward]))
             calls[f"model b{n} ∥ model b{n}"] = in_a_run(lambda: threads.run([model_forward, model_second_half]))

@@ -311,7 +311,7 @@ class Pair:
         images = self.task.decode_with(latents, args) if decode else None
         record = run_record(self, rule, args, steps=steps, scheduler=scheduler, eta=eta, seed=seed,
                             num_samples=num_samples, autocast=autocast,
-                            noise="seed" if noise is None else "given", parallel_forwards=parallel_forwards)
+                            noise="seed" if noise is None else "given", parallel_forwards=sampler.ran_parallel)
         return SampleResult(latents, images, rule, seed, steps, dict(sampler.forward_calls), record)
 
 

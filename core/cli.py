@@ -312,7 +312,7 @@ def sample(
     parallel_forwards: Annotated[
         bool, typer.Option(
             "--parallel-forwards", help="CPU: run the model's and the prior's forwards (CFG: the halves of the "
-            "batch) at once, on half the threads each (faster for big networks).")
+            "batch) at once, each on its share of the threads (faster for big networks, one sample).")
     ] = False,
     registry: RegistryOpt = None,
 ) -> None:

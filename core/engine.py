@@ -19,7 +19,7 @@ from .ddim import ddim_step
 from .denoiser import Denoiser
 from .errors import GuidanceError, PriorswapError
 from .guidance import REFERENCE, Branch, Guidance, Role, rescale
-from .parallel_forwards import ForwardThreads
+from .parallel_forwards import ForwardThreads, install
 from .parameterization import coefficients, convert_frame, from_x0, to_x0
 from .schedules import TimestepMatch
 
@@ -86,6 +86,8 @@ class Sampler:
     forward_calls: dict[str, int] = field(default_factory=dict)
     """Forward passes per route, keyed by the roles it served ("model", "prior", "model+prior")."""
     parallel_forwards: bool = False
+    ran_parallel: bool = field(default=False, init=False)
+    """Whether the last `run` did run forwards side by side (not with one thread: nothing to share out)."""
     _batched: dict[tuple, Condition] | None = field(default=None, init=False, repr=False)
     """During `run`, the concatenated conditions of each route's branches, built once: the same tensors every
     step let condition reuse recognise them by identity (no value comparison, no device sync)."""
@@ -207,7 +209,9 @@ class Sampler:
         self._batched = {}
         try:
             with ExitStack() as stack:
-                if self.parallel_forwards and workers > 1:  # one thread: nothing to share out
+                self.ran_parallel = self.parallel_forwards and workers > 1  # one thread: nothing to share out
+                if self.ran_parallel:
+                    install(m for d in denoisers for m in d.offload_modules())  # the networks' convolutions
                     self._threads = stack.enter_context(ForwardThreads(workers))
                 stack.enter_context(reusing(m for d in denoisers for m in d.condition_modules()))
                 return self._run(noise, steps, callback, eta, generator)

@@ -3,9 +3,10 @@
 A prior-swap step makes two forwards that do not depend on each other: the model's (its condition) and the
 prior's (its null). One after the other, each spreads over all CPU threads, and a batch-1 forward of a big UNet
 uses them poorly (its small low-resolution layers leave threads idle). `ForwardThreads` runs them side by side
-instead, each in its own worker thread with its share of the intra-op threads (2 threads: one each), and
-with ATen's own convolutions meanwhile (oneDNN's are slow on one thread for those layers). On a 2-core CPU a
-full-size swap step then costs what a batch-2 CFG step does; `bench/step_time.py` measures it.
+instead, each in its own worker thread with its share of the intra-op threads (2 threads: one each); the
+networks' `Conv2d` layers, once `install`ed, run on ATen's own convolution in the workers (oneDNN's is slow
+on one thread for those layers). Nothing process-wide changes: a forward elsewhere in the process runs as
+before. `bench/step_time.py` measures what it saves.
 
 A worker sees what the calling thread set for the forward: grad mode, inference mode, CPU autocast and context
 variables (condition reuse's scope). Results can differ from sequential forwards in the last bits, as their
@@ -16,10 +17,13 @@ thread count.
 from __future__ import annotations
 
 import contextvars
+import functools
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import types
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
+from contextvars import ContextVar
 from typing import TypeVar
 
 import torch
@@ -34,10 +38,16 @@ def thread_shares(threads: int, workers: int) -> list[int]:
     return [max(1, base + (i < extra)) for i in range(workers)]
 
 
+def _in_worker(call: Callable[[], T]) -> T:
+    _ATEN.set(True)  # in this call's own copy of the caller's context: layers `install`ed take ATen's kernel
+    return call()
+
+
 class ForwardThreads:
     """A pool of `workers` threads for concurrent CPU forwards, each with its share of torch's intra-op threads
-    (`thread_shares(torch.get_num_threads(), workers)`). Use as a context manager; `run(calls)` returns the
-    calls' results in order."""
+    (`thread_shares(torch.get_num_threads(), workers)`: give it at most that many workers, or they compete for
+    cores). Use as a context manager; `run(calls)` returns the calls' results in order. Leaving the block
+    waits for calls under way."""
 
     def __init__(self, workers: int) -> None:
         if workers < 2:
@@ -89,36 +99,36 @@ class ForwardThreads:
                     stack.enter_context(torch.set_grad_enabled(grad))
                     if autocast:
                         stack.enter_context(torch.autocast("cpu", dtype=autocast_dtype))
-                    return context.run(call)
+                    return context.run(_in_worker, call)
 
             return wrapped
 
-        with _aten_convolutions():
-            futures = [self._pool.submit(as_caller(call)) for call in calls]
-            return [future.result() for future in futures]
+        futures = [self._pool.submit(as_caller(call)) for call in calls]
+        return [future.result() for future in futures]
 
 
-_switch = threading.Lock()
-_switched = 0  # runs under way
-_before = True  # torch.backends.mkldnn.enabled before the first of them
+_ATEN: ContextVar[bool] = ContextVar("priorswap_aten_convolutions", default=False)
+_ORIGINAL = "_priorswap_conv_forward"
 
 
-@contextmanager
-def _aten_convolutions() -> Iterator[None]:
-    """ATen's own convolutions (im2col + GEMM) instead of oneDNN's while forwards run side by side: on one
-    thread each, oneDNN's convolutions of a UNet's wide low-resolution layers are several times slower
-    (bench/gemm_batching.py). The switch is process-wide (torch has no per-thread one); the calling thread
-    waits meanwhile, and the last run to finish switches back."""
-    global _switched, _before
-    with _switch:
-        if _switched == 0:
-            _before = torch.backends.mkldnn.enabled
-            torch.backends.mkldnn.enabled = False
-        _switched += 1
-    try:
-        yield
-    finally:
-        with _switch:
-            _switched -= 1
-            if _switched == 0:
-                torch.backends.mkldnn.enabled = _before
+def _conv_forward(self: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    original = self.__dict__.get(_ORIGINAL) or functools.partial(torch.nn.Conv2d.forward, self)
+    if (_ATEN.get() and x.device.type == "cpu" and x.dtype == self.weight.dtype and self.groups == 1
+            and self.dilation == (1, 1) and self.padding_mode == "zeros" and not isinstance(self.padding, str)
+            and not torch.is_autocast_enabled("cpu")):
+        return torch._C._nn.thnn_conv2d(x, self.weight, self.kernel_size, self.bias, self.stride, self.padding)
+    return original(x)
+
+
+def install(modules: Iterable[torch.nn.Module]) -> None:
+    """Lets the `Conv2d` layers in `modules` run on ATen's own convolution (im2col + GEMM) when called in a
+    `ForwardThreads` worker: on one thread each, oneDNN's convolutions of a UNet's wide low-resolution layers
+    are several times slower (bench/gemm_batching.py). Called anywhere else, or for a layer ATen's kernel does
+    not cover (groups, dilation, padding modes, autocast, mixed dtypes), they run as before. Idempotent."""
+    for module in modules:
+        for conv in module.modules():
+            if type(conv) is torch.nn.Conv2d and not conv.__dict__.get(_ORIGINAL + "_installed"):
+                if "forward" in conv.__dict__:  # e.g. accelerate's hooks: kept and called
+                    conv.__dict__[_ORIGINAL] = conv.__dict__["forward"]
+                conv.forward = types.MethodType(_conv_forward, conv)
+                conv.__dict__[_ORIGINAL + "_installed"] = True

@@ -98,7 +98,8 @@ def run_record(
     num_samples: int, autocast: Any = None, noise: str = "seed", parallel_forwards: bool = False,
 ) -> dict[str, Any]:
     """The facts of one `Pair.sample` call, JSON-ready. `noise` is "seed" (drawn from `seed`) or "given".
-    `parallel_forwards` is recorded only when on (it can change the last bits of a result)."""
+    `parallel_forwards` (forwards did run side by side) is recorded only when true: it can change the last
+    bits of a result."""
     import torch
 
     from . import __version__

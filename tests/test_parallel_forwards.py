@@ -83,7 +83,11 @@ def test_an_error_in_a_call_is_raised_to_the_caller():
         threads.run([lambda: 1])
 
 
-def test_a_parallel_run_matches_the_sequential_one_and_says_so_in_its_record(pair, two_threads):
+def test_a_parallel_run_matches_the_sequential_one_and_says_so_in_its_record(pair, two_threads, monkeypatch):
+    aten = torch._C._nn.thnn_conv2d
+    atens: list[str] = []
+    monkeypatch.setattr(torch._C._nn, "thnn_conv2d", lambda *a: atens.append(threading.current_thread().name)
+                        or aten(*a))
     where: dict[str, set] = {"model": set(), "prior": set()}
     scoped: list[bool] = []
     originals = {}
@@ -109,6 +113,7 @@ def test_a_parallel_run_matches_the_sequential_one_and_says_so_in_its_record(pai
             getattr(pair, role).denoiser.forward = forward
     assert all(name.startswith("priorswap-forward") for names in where.values() for name in names)
     assert where["model"] and where["prior"] and all(scoped)
+    assert atens and all(name.startswith("priorswap-forward") for name in atens)  # the networks' convolutions
     assert parallel.forward_calls == plain.forward_calls == {"model": 6, "prior": 6}
     torch.testing.assert_close(parallel.latents, plain.latents, atol=1e-5, rtol=1e-5)
     assert parallel.record["parallel_forwards"] is True and "parallel_forwards" not in plain.record
@@ -127,7 +132,7 @@ def test_parallel_forwards_is_refused_off_the_cpu_and_when_not_a_bool(pair):
         pair.sample(class_label=[3], parallel_forwards="yes")
 
 
-def test_the_cli_flag_samples_records_and_shows_it(tmp_path, capsys, monkeypatch):
+def test_the_cli_flag_samples_records_and_shows_it(tmp_path, capsys, monkeypatch, two_threads):
     out = tmp_path / "grid.png"
     code, _, err = run_cli(capsys, "sample", "--model", MODEL, "--prior", PRIOR, "--class-label", "3", "--steps", "4",
                            "--device", "cpu", "--parallel-forwards", "--out", str(out))
@@ -161,20 +166,34 @@ def test_sample_suggests_the_flag_on_a_cpu_for_big_networks_only(tmp_path, capsy
     assert code == 0 and "tip: --parallel-forwards" in err
 
 
-def test_forwards_side_by_side_use_atens_convolutions_and_switch_back():
-    """oneDNN's convolutions are slow on one thread each; the switch is undone after, whatever it was."""
-    def enabled():
-        return torch.backends.mkldnn.enabled
+def test_installed_convolutions_take_atens_kernel_in_the_workers_only(monkeypatch, two_threads):
+    """oneDNN's convolutions are slow on one thread each: an installed Conv2d takes ATen's kernel in a worker,
+    and only there (nothing process-wide changes; a plain call, or one ATen's kernel does not cover, does not)."""
+    from priorswap.parallel_forwards import install
 
-    before = torch.backends.mkldnn.enabled
-    try:
-        for setting in (True, False):
-            torch.backends.mkldnn.enabled = setting
-            with ForwardThreads(2) as threads:
-                assert threads.run([enabled, enabled]) == [False, False]
-                assert torch.backends.mkldnn.enabled is setting
-    finally:
-        torch.backends.mkldnn.enabled = before
+    plain, grouped = torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.Conv2d(4, 4, 3, padding=1, groups=2)
+    x = torch.randn(1, 4, 6, 6)
+    expected = {id(plain): plain(x), id(grouped): grouped(x)}
+    install([torch.nn.Sequential(plain, grouped)])
+    install([plain])  # idempotent
+    used: list[str] = []
+    aten = torch._C._nn.thnn_conv2d
+
+    def spy(*args):
+        used.append(threading.current_thread().name)
+        return aten(*args)
+
+    monkeypatch.setattr(torch._C._nn, "thnn_conv2d", spy)
+    with ForwardThreads(2) as threads:
+        outs = threads.run([lambda: (plain(x), torch.backends.mkldnn.enabled), lambda: grouped(x)])
+    assert len(used) == 1 and used[0].startswith("priorswap-forward")  # the plain layer, in its worker
+    assert outs[0][1] is torch.backends.mkldnn.enabled  # the process's setting is left alone
+    torch.testing.assert_close(outs[0][0], expected[id(plain)])
+    assert torch.equal(outs[1], expected[id(grouped)])
+    assert torch.equal(plain(x), expected[id(plain)]) and len(used) == 1  # outside a worker: as before
+    with ForwardThreads(2) as threads, torch.autocast("cpu", dtype=torch.bfloat16):
+        threads.run([lambda: plain(x)])
+    assert len(used) == 1  # under autocast: as before
 
 
 def test_on_one_thread_a_parallel_run_runs_its_forwards_in_turn(pair):
@@ -189,11 +208,12 @@ def test_on_one_thread_a_parallel_run_runs_its_forwards_in_turn(pair):
     pair.prior.denoiser.forward = spy
     try:
         torch.set_num_threads(1)
-        pair.sample(class_label=[3], steps=2, decode=False, parallel_forwards=True)
+        result = pair.sample(class_label=[3], steps=2, decode=False, parallel_forwards=True)
     finally:
         torch.set_num_threads(before)
         pair.prior.denoiser.forward = forward
     assert names == {threading.current_thread().name}
+    assert "parallel_forwards" not in result.record  # the record says what ran
 
 
 def test_the_tip_is_for_alike_forwards_only(pair, monkeypatch, two_threads):
