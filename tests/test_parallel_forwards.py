@@ -250,3 +250,24 @@ def test_a_cfg_step_runs_the_halves_of_its_batch_side_by_side(pair, two_threads)
     assert parallel.forward_calls == plain.forward_calls == {"model": 4}  # a split forward counts once
     torch.testing.assert_close(parallel.latents, plain.latents, atol=1e-5, rtol=1e-5)
     assert not torch.equal(parallel.latents, pair.sample(**{**kwargs, "seed": 3}).latents)
+
+
+def test_a_plain_run_beside_a_parallel_one_is_unchanged(pair, two_threads):
+    """Parallel forwards change nothing process-wide: a run in another thread of the process, without them,
+    gives its result bit for bit while a parallel run goes on beside it."""
+    kwargs = {"class_label": [3], "guidance": "prior-swap", "steps": 8, "seed": 1, "decode": False}
+    alone = pair.sample(**kwargs).latents
+    stop = threading.Event()
+
+    def beside():
+        while not stop.is_set():
+            pair.sample(class_label=[7], steps=8, decode=False, parallel_forwards=True)
+
+    neighbour = threading.Thread(target=beside)
+    neighbour.start()
+    try:
+        runs = [pair.sample(**kwargs).latents for _ in range(3)]
+    finally:
+        stop.set()
+        neighbour.join()
+    assert all(torch.equal(run, alone) for run in runs)
