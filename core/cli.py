@@ -444,7 +444,7 @@ def _parallel_would_help(pair: Any, rule: Any, device: str, rows: int) -> bool:
         return False
     model, prior = (len({t.level for t in rule.terms if t.role == role and t.weight != 0.0})
                     for role in ("model", "prior"))
-    even = model == prior if prior else model * rows % 2 == 0
+    even = model == prior if prior else model % 2 == 0  # one row per branch (rows == 1)
     if not even:
         return False
     net = getattr(pair.model.denoiser, "net", None)

@@ -16,9 +16,7 @@ calls just computes again.
 
 from __future__ import annotations
 
-import functools
-import types
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -26,13 +24,14 @@ from typing import Any
 
 import torch
 
+from .wrapped_forward import wrap_forward
+
 MEMO_SIZE = 2
 """Input/output pairs each module keeps: two, so a network called alternately with two conditions in one
 step (a model serving as its own prior) still reuses both."""
 
-_ORIGINAL = "_priorswap_original_forward"
 _MEMOS = "_priorswap_memos"
-_INSTALLED = "_priorswap_reuse_installed"
+_INSTALLED = "_priorswap_reuse_forward"  # the forward it had, once installed
 _active: ContextVar[frozenset[int] | None] = ContextVar("priorswap_condition_reuse", default=None)
 
 
@@ -61,8 +60,7 @@ def _holds(memo: _Memo, x: torch.Tensor) -> bool:
     return bool(torch.equal(x, key))
 
 
-def _reusing_forward(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-    original = self.__dict__.get(_ORIGINAL) or functools.partial(type(self).forward, self)
+def _reusing_forward(self: torch.nn.Module, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     scope = _active.get()
     if scope is None or id(self) not in scope or kwargs or len(args) != 1 or torch.is_grad_enabled():
         return original(*args, **kwargs)
@@ -86,12 +84,7 @@ def install(module: torch.nn.Module) -> None:
     """Lets `module` reuse its outputs inside `reusing` (idempotent). Its forward must take one tensor and
     return one tensor. A forward already replaced on the instance (e.g. by accelerate's offload hooks) is
     kept and called."""
-    if module.__dict__.get(_INSTALLED):
-        return
-    if "forward" in module.__dict__:
-        module.__dict__[_ORIGINAL] = module.__dict__["forward"]
-    module.forward = types.MethodType(_reusing_forward, module)
-    module.__dict__[_INSTALLED] = True
+    wrap_forward(module, _reusing_forward, _INSTALLED)
 
 
 def cross_attention_projections(net: torch.nn.Module | None) -> list[torch.nn.Module]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import math
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
@@ -137,14 +138,13 @@ class Sampler:
             if route is None:
                 raise ValueError(f"guidance {self.guidance.name!r} needs a {term.role} but none was given")
             groups.setdefault(id(route), (route, []))[1].append(term.branch)
-        calls = [functools.partial(self._route_x0, route, branches, x_vp, sigma, t)
-                 for route, branches in groups.values()]
-        if self._threads is not None and len(calls) > 1:
-            outputs = self._threads.run(calls)
-        elif self._threads is not None:  # one forward (CFG): its rows side by side instead
+        if self._threads is None:
+            outputs = [self._route_x0(route, branches, x_vp, sigma, t) for route, branches in groups.values()]
+        elif len(groups) > 1:
+            outputs = self._threads.run([functools.partial(self._route_x0, route, branches, x_vp, sigma, t)
+                                         for route, branches in groups.values()])
+        else:  # one forward (CFG): its rows side by side instead
             outputs = [self._route_x0(*next(iter(groups.values())), x_vp, sigma, t, split=self._threads)]
-        else:
-            outputs = [call() for call in calls]
         preds: dict[Branch, torch.Tensor] = {}
         for (_, branches), x0 in zip(groups.values(), outputs, strict=True):
             label = "+".join(sorted({role for role, _ in branches}))
@@ -167,13 +167,13 @@ class Sampler:
             if self._batched is not None:
                 self._batched[key] = cond
         x = x_vp.repeat(len(branches), *[1] * (x_vp.ndim - 1))
-        if split is None or x.shape[0] < 2:
+        rows = x.shape[0]
+        if split is None or rows < 2:
             return route.predict(x, sigma, t, cond)
-        parts = [(int(rows[0]), int(rows[-1]) + 1) for rows in torch.arange(x.shape[0]).tensor_split(split.workers)
-                 if len(rows)]
+        edges = sorted({rows * i // split.workers for i in range(split.workers + 1)})
         return torch.cat(split.run([
             functools.partial(route.predict, x[a:b], sigma, t, {k: v[a:b] for k, v in cond.items()})
-            for a, b in parts]))
+            for a, b in itertools.pairwise(edges)]))
 
     def _combine_rescaled_output(self, preds: dict[Branch, torch.Tensor], x_in: torch.Tensor, sigma: float):
         """Guidance rescale on the model's own prediction (ε or v) instead of x̂0 (`rescale_space="output"`)."""

@@ -17,9 +17,7 @@ thread count.
 from __future__ import annotations
 
 import contextvars
-import functools
 import threading
-import types
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -27,6 +25,8 @@ from contextvars import ContextVar
 from typing import TypeVar
 
 import torch
+
+from .wrapped_forward import wrap_forward
 
 T = TypeVar("T")
 
@@ -108,11 +108,11 @@ class ForwardThreads:
 
 
 _ATEN: ContextVar[bool] = ContextVar("priorswap_aten_convolutions", default=False)
-_ORIGINAL = "_priorswap_conv_forward"
+_INSTALLED = "_priorswap_conv_forward"  # the forward it had, once installed
 
 
-def _conv_forward(self: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    original = self.__dict__.get(_ORIGINAL) or functools.partial(torch.nn.Conv2d.forward, self)
+def _conv_forward(self: torch.nn.Conv2d, original: Callable[[torch.Tensor], torch.Tensor],
+                  x: torch.Tensor) -> torch.Tensor:
     if (_ATEN.get() and x.device.type == "cpu" and x.dtype == self.weight.dtype and self.groups == 1
             and self.dilation == (1, 1) and self.padding_mode == "zeros" and not isinstance(self.padding, str)
             and not torch.is_autocast_enabled("cpu")):
@@ -124,11 +124,9 @@ def install(modules: Iterable[torch.nn.Module]) -> None:
     """Lets the `Conv2d` layers in `modules` run on ATen's own convolution (im2col + GEMM) when called in a
     `ForwardThreads` worker: on one thread each, oneDNN's convolutions of a UNet's wide low-resolution layers
     are several times slower (bench/gemm_batching.py). Called anywhere else, or for a layer ATen's kernel does
-    not cover (groups, dilation, padding modes, autocast, mixed dtypes), they run as before. Idempotent."""
+    not cover (groups, dilation, padding modes, autocast, mixed dtypes), they run as before. Idempotent; a
+    forward already replaced on the instance (e.g. by accelerate's hooks) is kept and called."""
     for module in modules:
         for conv in module.modules():
-            if type(conv) is torch.nn.Conv2d and not conv.__dict__.get(_ORIGINAL + "_installed"):
-                if "forward" in conv.__dict__:  # e.g. accelerate's hooks: kept and called
-                    conv.__dict__[_ORIGINAL] = conv.__dict__["forward"]
-                conv.forward = types.MethodType(_conv_forward, conv)
-                conv.__dict__[_ORIGINAL + "_installed"] = True
+            if type(conv) is torch.nn.Conv2d:
+                wrap_forward(conv, _conv_forward, _INSTALLED)
